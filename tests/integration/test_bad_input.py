@@ -1,0 +1,34 @@
+"""Bad input through the CLI: one clear error naming the fix, exit code 2, before any model loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import tuneforge
+
+CASES = {
+    "misspelled key": (["trainer.max_stepz=3"], "did you mean 'max_steps'"),
+    "wrong type": (["trainer.micro_batch_size=four"], "trainer.micro_batch_size='four'"),
+    "unknown option": (["peft=lorra"], "did you mean 'lora'"),
+    "missing model path": (["model.path=/no/such/model"], "model.path=/no/such/model: no such file or directory"),
+    "malformed dataset": (["data=alpaca", "data.path={bad}", "data.bad_rows=error"], "bad.jsonl:2"),
+    "no valid rows": (["data=alpaca", "data.path={bad}", "data.limit=2", "data.eval_split=0"], None),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_exits_2_before_model_load(tmp_path, case):
+    overrides, expect = CASES[case]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n{broken\n" + json.dumps({"output": "z"}) + "\n")
+    if case == "no valid rows":
+        bad.write_text("{broken\n" + json.dumps({"output": "z"}) + "\n")
+        expect = "no valid training rows"
+    args = ["recipe=quickstart_tiny", *[o.format(bad=bad) for o in overrides]]
+    proc = tuneforge("train", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expect in proc.stderr, proc.stderr
+    assert "model:" not in proc.stdout  # the model was never built
+    assert not (tmp_path / "outputs").exists()

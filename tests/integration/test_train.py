@@ -1,0 +1,130 @@
+"""Real end-to-end runs of the tiny recipes through the CLI: real DeepSpeed (gloo on CPU), 1 and 2 ranks."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import metrics, ok, run_dir_of, summary, train_losses, tuneforge
+
+# Same global batch (4) in every layout: 1 rank x 2 micro x 2 accumulation, or 2 ranks x 2 micro.
+COMMON = ["recipe=quickstart_tiny", "trainer.max_steps=8", "trainer.micro_batch_size=2",
+          "trainer.eval_at_start=false", "data.n_eval=4"]
+ONE_RANK = ["trainer.nproc=1", "trainer.grad_accum=2"]
+TWO_RANKS = ["trainer.nproc=2", "trainer.grad_accum=1"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def single(workdir):
+    """1-rank ZeRO-0 runs of full fine-tuning and LoRA (the references)."""
+    out = {}
+    for peft in ("full", "lora"):
+        proc = ok(tuneforge("train", *COMMON, *ONE_RANK, f"peft={peft}", "trainer.save_every=4", cwd=workdir))
+        out[peft] = run_dir_of(proc)
+    return out
+
+
+@pytest.mark.parametrize("peft", ["full", "lora"])
+def test_single_rank_run_learns_and_writes_run_dir(single, peft):
+    run = single[peft]
+    for name in ("config.yaml", "ds_config.json", "metrics.jsonl", "summary.json", "train.log"):
+        assert (run / name).is_file(), name
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all({"step", "loss", "lr", "tokens_per_s"} <= set(r) for r in rows)
+    losses = train_losses(run)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    s = summary(run)
+    assert s["status"] == "completed" and s["steps"] == 8 and s["final_train_loss"] == losses[-1]
+    assert "eval_loss" in s["eval"] and "exact_match" in s["eval"] and s["peak_memory_mb"] > 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_4", "step_8"]
+    assert (run / "checkpoints" / "step_8" / "tuneforge.json").is_file()
+    trained = load_file(str(run / "final" / "trainable.safetensors"))
+    assert (all("lora_" in k for k in trained) if peft == "lora" else "model.embed_tokens.weight" in trained)
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("peft", ["full", "lora"])
+def test_two_ranks_match_one_rank(single, workdir, zero, peft):
+    proc = ok(tuneforge("train", *COMMON, *TWO_RANKS, f"peft={peft}", f"zero={zero}", cwd=workdir))
+    run = run_dir_of(proc)
+    ref, got = train_losses(single[peft]), train_losses(run)
+    assert len(got) == len(ref) == 8
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(ref), rtol=2e-5, atol=2e-5)
+    s_ref, s_got = summary(single[peft]), summary(run)
+    assert s_got["world_size"] == 2
+    assert s_got["eval"]["eval_loss"] == pytest.approx(s_ref["eval"]["eval_loss"], rel=1e-4)
+    if zero == "zero3":  # the ZeRO-3 gather of the trained weights is what export reads
+        _check_export(run)
+
+
+def _check_export(run, adapter: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    proc = ok(tuneforge("export", f"run_dir={run}", cwd=run))
+    assert "exported" in proc.stdout
+    probe = load_file(str(run / "final" / "probe.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+    assert (run / "export" / "tokenizer.json").is_file()
+    return model, probe
+
+
+def test_export_full_round_trip(single):
+    _check_export(single["full"])
+    assert not (single["full"] / "export" / "adapter").exists()
+
+
+def test_export_lora_merged_and_adapter(single):
+    from peft import PeftModel
+
+    from tuneforge.config.compose import build_specs, load_run_config
+    from tuneforge.models.load import load_model, load_tokenizer
+
+    run = single["lora"]
+    _, probe = _check_export(run)
+    specs = build_specs(load_run_config(run))
+    base = load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(load_tokenizer(specs["model"])))
+    peft_model = PeftModel.from_pretrained(base, run / "export" / "adapter").eval()
+    with torch.no_grad():
+        logits = peft_model(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_eval_command_reproduces_final_eval(single):
+    import json
+
+    run = single["lora"]
+    ok(tuneforge("eval", f"run_dir={run}", cwd=run))
+    row = json.loads((run / "eval.json").read_text())
+    final = summary(run)["eval"]
+    assert row["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+    assert row["exact_match"] == final["exact_match"] and row["eval_n"] == final["eval_n"]
+
+
+def test_resume_auto_continues_latest_checkpoint_exactly(single, workdir):
+    """Cut the 8-step run back to its step-4 checkpoint; resuming reproduces steps 5-8."""
+    src = single["full"]
+    dst = workdir / "resumed"
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "checkpoints" / "step_8")
+    shutil.rmtree(dst / "final")
+    (dst / "summary.json").unlink()
+    rows = [ln for ln in (dst / "metrics.jsonl").read_text().splitlines() if '"step": 4,' in ln or
+            any(f'"step": {i},' in ln for i in range(1, 4))]
+    (dst / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    proc = ok(tuneforge("train", *COMMON, *ONE_RANK, "peft=full", "trainer.save_every=4",
+                        f"trainer.output_dir={dst}", "trainer.resume=auto", cwd=workdir))
+    assert "resumed from" in proc.stdout and "step_4" in proc.stdout
+    torch.testing.assert_close(torch.tensor(train_losses(dst)), torch.tensor(train_losses(src)), rtol=1e-6, atol=1e-6)
+    assert summary(dst)["steps"] == 8

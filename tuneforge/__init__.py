@@ -1,0 +1,3 @@
+"""tuneforge: declarative fine-tuning of large language models on DeepSpeed."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""tuneforge command line.
+
+    tuneforge train [-m] [recipe=NAME] [key=value ...]   run a recipe (or a sweep with -m)
+    tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config + generated DeepSpeed JSON (no model)
+    tuneforge recipes                                    list recipes
+    tuneforge eval run_dir=DIR                           re-evaluate a finished run
+    tuneforge export run_dir=DIR                         merged Hugging Face model (+ PEFT adapter) in DIR/export
+
+Exit codes: 0 success, 2 bad config or input (nothing started), 1 failure during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from tuneforge.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError, RunError
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True, stderr=stderr)
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def cmd_train(args) -> int:
+    from tuneforge.config.checks import cross_axis_warnings
+    from tuneforge.config.compose import build_specs, compose
+    from tuneforge.runner.start import preflight, prepare_run_dir, start
+    from tuneforge.runner.sweep import run_sweep
+
+    if args.multirun:
+        return run_sweep(args.overrides)
+    cfg = compose(args.overrides)
+    for w in cross_axis_warnings(build_specs(cfg)):
+        _console().print(f"[yellow]warning:[/] {w}")
+    preflight(cfg)
+    run_dir = prepare_run_dir(cfg)
+    code = start(cfg, run_dir)
+    _console().print(f"run dir: {run_dir}")
+    return code
+
+
+def cmd_show(args) -> int:
+    from omegaconf import OmegaConf
+    from rich.syntax import Syntax
+
+    from tuneforge.config.compose import build_specs, compose
+    from tuneforge.distributed.ds_config import ds_config, with_override
+
+    cfg = compose(args.overrides)
+    specs = build_specs(cfg)
+    con = _console()
+    if args.doc:
+        return _show_doc(con, specs)
+    con.rule(f"resolved config: recipe={cfg.recipe}")
+    con.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
+    con.rule(f"DeepSpeed config (world size {cfg.trainer.nproc})")
+    ds = with_override(ds_config(specs, cfg.trainer.nproc), cfg.deepspeed)
+    con.print(Syntax(json.dumps(ds, indent=2), "json", theme="ansi_dark", background_color="default"))
+    return EXIT_OK
+
+
+def _show_doc(con, specs) -> int:
+    from rich.table import Table
+
+    from tuneforge.config.spec import help_of
+
+    for group, spec in specs.items():
+        table = Table(title=f"{group}={getattr(spec, 'name', 'default')}", title_justify="left", show_header=False)
+        table.add_column(style="bold cyan")
+        table.add_column()
+        table.add_column(style="dim")
+        for key, text in help_of(type(spec)).items():
+            table.add_row(f"{group}.{key}", repr(getattr(spec, key)), text)
+        con.print(table)
+    return EXIT_OK
+
+
+def cmd_recipes(args) -> int:
+    from rich.table import Table
+
+    from tuneforge.config.compose import recipes
+
+    table = Table(title="recipes (tuneforge train recipe=NAME)", title_justify="left")
+    table.add_column("recipe", style="bold")
+    table.add_column("what it does")
+    for name, desc in recipes().items():
+        table.add_row(name, desc)
+    _console().print(table)
+    return EXIT_OK
+
+
+def _run_dir(overrides: list[str]) -> Path:
+    dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
+    if len(dirs) != 1 or len(overrides) != 1:
+        raise InputError(["usage: tuneforge eval|export run_dir=DIR"])
+    path = Path(dirs[0])
+    if not (path / "config.yaml").is_file():
+        raise InputError([f"run_dir={path} is not a tuneforge run directory (no config.yaml)"])
+    return path
+
+
+def cmd_eval(args) -> int:
+    from tuneforge.runner.offline import eval_run
+
+    row = eval_run(_run_dir(args.overrides))
+    _console().print(json.dumps(row, indent=2))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from tuneforge.runner.offline import export_run
+
+    out = export_run(_run_dir(args.overrides))
+    _console().print(f"exported: {out}" + (f" (adapter: {out / 'adapter'})" if (out / "adapter").is_dir() else ""))
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tuneforge", description="Declarative LLM fine-tuning on DeepSpeed.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run a recipe: tuneforge train [-m] recipe=NAME key=value ...")
+    t.add_argument("-m", "--multirun", action="store_true", help="sweep: comma-separated values run every combination")
+    s = sub.add_parser("show", help="print the resolved config and the DeepSpeed JSON (loads no model)")
+    s.add_argument("--doc", action="store_true", help="explain every key of the selected options")
+    sub.add_parser("recipes", help="list recipes")
+    sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR")
+    sub.add_parser("export", help="write DIR/export (merged HF model, PEFT adapter): tuneforge export run_dir=DIR")
+    for sp in sub.choices.values():
+        sp.add_argument("overrides", nargs="*", help="recipe=NAME, group=option, group.key=value")
+    return p
+
+
+COMMANDS = {"train": cmd_train, "show": cmd_show, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as e:
+        _console(stderr=True).print(f"[bold red]error:[/] {e.render()}", markup=True)
+        return EXIT_BAD_INPUT
+    except RunError as e:
+        _console(stderr=True).print(f"[bold red]error:[/] {e}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Cross-axis checks: combinations of options that cannot work, found before anything loads.
+
+Each check takes the built specs and returns problems (each naming the fix). Warnings are combinations that
+work but that a user most likely does not want.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _cuda_available() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _device(specs) -> str:
+    want = specs["trainer"].device
+    return "cuda" if want == "cuda" or (want == "auto" and _cuda_available()) else "cpu"
+
+
+def cross_axis_problems(specs: dict) -> list[str]:
+    out = []
+    p, z, o = specs["precision"], specs["zero"], specs["optim"]
+    device = _device(specs)
+    if device == "cpu" and "fp16" in (p.params, p.compute):
+        out.append(f"precision={p.name} needs a CUDA device: DeepSpeed's CPU engine has no fp16 path; "
+                   "use precision=bf16 or precision=fp32 on CPU")
+    if z.offload_optimizer != "none" and o.name == "adamw8bit":
+        out.append("optim=adamw8bit cannot run with ZeRO optimizer offload (DeepSpeed offload needs its own CPU Adam): "
+                   "use optim=adamw, or a zero preset without offload")
+    if z.nvme_path and "nvme" in (z.offload_optimizer, z.offload_param) and not os.path.isdir(z.nvme_path):
+        out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
+    if specs["quant"].name != "none" and specs["peft"].name == "full":
+        out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
+                   "use an adapter method (e.g. peft=lora)")
+    return out
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return True  # unknown platform: do not warn
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cross_axis_warnings(specs: dict) -> list[str]:
+    out = []
+    p = specs["precision"]
+    if _device(specs) == "cpu" and "bf16" in (p.compute, p.params) and not cpu_has_fast_bf16():
+        out.append(f"precision={p.name} on a CPU without AMX/AVX512-BF16: bf16 matmuls are emulated and can be "
+                   "~100x slower than fp32 here; precision=fp32 is faster on this machine")
+    return out

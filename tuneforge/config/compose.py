@@ -1,0 +1,273 @@
+"""Compose a run config with Hydra and validate it against the schemas, reporting every problem at once.
+
+    overrides ──► parse (Hydra grammar) ──► recipe + group choices checked ──► Hydra compose (recipe over
+    configs/) ──► each group merged onto its schema ──► key overrides applied one by one ──► specs built
+    (range checks) ──► cross-axis checks ──► typed DictConfig, or one InputError listing all problems.
+
+Recipes (recipes/*.yaml) are primary configs whose defaults list starts from `base` (configs/base.yaml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from tuneforge import registry
+from tuneforge.config.schema import GROUPS, PRESET_SCHEMAS, ROOT_KEYS, RootSpec
+from tuneforge.config.spec import SpecError
+from tuneforge.errors import InputError, did_you_mean
+
+DEFAULT_RECIPE = "quickstart"
+
+
+def config_dirs() -> tuple[Path, Path]:
+    """(configs/, recipes/): inside the installed wheel, else at the top of the source checkout."""
+    pkg = Path(__file__).resolve().parents[1]
+    for configs, recipes in ((pkg / "_configs", pkg / "_recipes"), (pkg.parent / "configs", pkg.parent / "recipes")):
+        if configs.is_dir() and recipes.is_dir():
+            return configs, recipes
+    raise RuntimeError(f"tuneforge configs not found next to {pkg}: reinstall tuneforge")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dirs()[0] / group).glob("*.yaml"))
+
+
+def recipes() -> dict[str, str]:
+    """Recipe name -> its one-line description (the first line of its header comment)."""
+    out = {}
+    for p in sorted(config_dirs()[1].glob("*.yaml")):
+        first = next((ln for ln in p.read_text().splitlines() if ln.startswith("#")), "# ")
+        out[p.stem] = first.lstrip("# ").strip()
+    return out
+
+
+def schema_for(group: str, name: str) -> type:
+    if group in PRESET_SCHEMAS:
+        return PRESET_SCHEMAS[group]
+    return registry.entry(group, name).config
+
+
+@dataclass
+class _Override:
+    text: str
+    key: str
+    value: object
+    kind: str  # "recipe" | "choice" | "key"
+
+
+def _parse(overrides: list[str]) -> tuple[list[_Override], list[str]]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    problems, out = [], []
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            (o,) = parser.parse_overrides([text])
+        except Exception as e:  # Hydra's grammar errors are long; keep the first line
+            problems.append(f"cannot parse override '{text}': {str(e).splitlines()[0]}")
+            continue
+        if o.is_sweep_override():
+            problems.append(f"'{text}' is a sweep: run it with `tuneforge train -m ...`")
+            continue
+        if o.is_delete():
+            problems.append(f"'{text}': deleting keys is not supported; set the key to null instead")
+            continue
+        key = o.key_or_group
+        head = key.split(".")[0]
+        if key == "recipe":
+            out.append(_Override(text, key, o.value(), "recipe"))
+        elif key in GROUPS:
+            out.append(_Override(text, key, o.value(), "choice"))
+        elif head in GROUPS or head in ROOT_KEYS:
+            out.append(_Override(text, key, o.value(), "key"))
+        else:
+            problems.append(f"unknown key '{key}'{did_you_mean(head, (*GROUPS, *ROOT_KEYS, 'recipe'))}"
+                            f"; the groups are: {', '.join(GROUPS)}")
+    return out, problems
+
+
+def _hydra_compose(recipe: str, choices: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    configs, recipes_dir = config_dirs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(recipes_dir), version_base=None):
+        return compose(recipe, overrides=[f"hydra.searchpath=[file://{configs}]", *choices])
+
+
+def _typed_group(group: str, node, problems: list[str], overridden: bool):
+    """Merge a composed group node onto its schema; every bad key becomes one problem.
+
+    When the command line swapped the group's option (e.g. peft=freeze on a LoRA recipe), the recipe's settings
+    for the old option that the new one has no field for are dropped instead of reported."""
+    name = node.get("name") if isinstance(node, DictConfig) else None
+    if not isinstance(node, DictConfig) or name is None:
+        problems.append(f"{group}: missing `name` (each configs/{group}/*.yaml must set name: <option>)")
+        return None
+    try:
+        schema = schema_for(group, str(name))
+    except KeyError as e:
+        problems.append(f"{group}: {e.args[0]}")
+        return None
+    typed = OmegaConf.structured(schema)
+    fields = set(schema.__dataclass_fields__)
+    for key in node:
+        if key not in fields:
+            if overridden:
+                continue
+            problems.append(f"unknown key {group}.{key}{did_you_mean(str(key), fields)} for {group}={name}; "
+                            f"valid keys: {', '.join(sorted(fields))}")
+            continue
+        try:
+            typed = OmegaConf.merge(typed, {key: node[key]})
+        except OmegaConfBaseException as e:
+            problems.append(f"{group}.{key}: {_short(e)}")
+    return typed
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).splitlines()[0]
+    return re.sub(r"\s+", " ", msg)
+
+
+def _apply_key(cfg: DictConfig, o: _Override, problems: list[str]) -> None:
+    group, _, rest = o.key.partition(".")
+    node, parts = cfg, o.key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, DictConfig) or part not in node:
+            where = ".".join(parts[:i]) or "the config"
+            problems.append(f"unknown key '{o.key}': '{part}' is not in {where}")
+            return
+        node = node[part]
+    leaf = parts[-1]
+    is_dict_field = isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
+    if isinstance(node, DictConfig) and leaf not in node and not is_dict_field:
+        choices = [str(k) for k in node]
+        problems.append(f"unknown key '{o.key}'{did_you_mean(leaf, choices)}; valid keys here: {', '.join(choices)}")
+        return
+    try:
+        with open_dict(node) if is_dict_field else contextlib.nullcontext():
+            OmegaConf.update(cfg, o.key, o.value, merge=True)
+    except OmegaConfBaseException as e:
+        problems.append(f"{o.key}={o.value!r}: {_short(e)}{_help(cfg, o.key)}")
+
+
+def _help(cfg: DictConfig, key: str) -> str:
+    """' (<what the knob means>)' for a dotted key of a typed group."""
+    from tuneforge.config.spec import help_of
+
+    group, _, field_name = key.partition(".")
+    node = cfg.get(group) if group in GROUPS else None
+    if node is None or "." in field_name:
+        return ""
+    text = help_of(OmegaConf.get_type(node)).get(field_name, "") if OmegaConf.get_type(node) else ""
+    return f" ({key}: {text})" if text else ""
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose and validate; raise InputError listing every problem (with fixes) before anything loads.
+
+    A bad piece (unknown option, bad key) is reported and left out, so the rest is still checked: one run of
+    the command shows every problem."""
+    parsed, problems = _parse(list(overrides))
+    recipe = next((str(o.value) for o in reversed(parsed) if o.kind == "recipe"), DEFAULT_RECIPE)
+    known = recipes()
+    if recipe not in known:
+        problems.append(f"unknown recipe '{recipe}'{did_you_mean(recipe, known)}; `tuneforge recipes` lists them")
+        raise InputError(problems)
+    choices, bad_groups = [], set()
+    for o in (o for o in parsed if o.kind == "choice"):
+        opts = options(o.key)
+        if str(o.value) in opts:
+            choices.append(f"{o.key}={o.value}")
+        else:
+            bad_groups.add(o.key)
+            problems.append(f"unknown option {o.key}={o.value}{did_you_mean(str(o.value), opts)}; "
+                            f"options: {', '.join(opts)}")
+    try:
+        base = _hydra_compose(recipe, choices)
+    except Exception as e:
+        raise InputError([*problems, f"recipe '{recipe}' does not compose: {_short(e)}"]) from None
+
+    cfg = OmegaConf.structured(RootSpec)
+    OmegaConf.set_struct(cfg, False)
+    for key in base:
+        if key in GROUPS:
+            typed = _typed_group(key, base[key], problems, overridden=any(c.startswith(f"{key}=") for c in choices))
+            if typed is None:
+                bad_groups.add(key)
+            cfg[key] = typed
+        elif key in ROOT_KEYS:
+            cfg[key] = base[key]
+        else:
+            problems.append(f"recipe '{recipe}': unknown top-level key '{key}'"
+                            f"{did_you_mean(str(key), (*GROUPS, *ROOT_KEYS))}")
+    for g in GROUPS:
+        if g not in cfg:
+            bad_groups.add(g)
+            problems.append(f"recipe '{recipe}' selects no {g} option (configs/base.yaml must list every group)")
+    cfg.recipe = recipe
+    OmegaConf.set_struct(cfg, True)
+
+    for o in (o for o in parsed if o.kind == "key" and o.key.split(".")[0] not in bad_groups):
+        _apply_key(cfg, o, problems)
+    n_problems = len(problems)
+    specs = build_specs(cfg, problems, skip=bad_groups)
+    if not bad_groups and len(problems) == n_problems:
+            from tuneforge.config.checks import cross_axis_problems
+
+            problems += cross_axis_problems(specs)
+    if problems:
+        raise InputError(problems)
+    return cfg
+
+
+def build_specs(cfg: DictConfig, problems: list[str] | None = None, skip=()) -> dict:
+    """Group name -> spec dataclass instance (runs every range check). Collects problems if a list is given."""
+    specs, collect = {}, problems is not None
+    for g in (g for g in GROUPS if g not in skip):
+        try:
+            specs[g] = OmegaConf.to_object(cfg[g])
+        except SpecError as e:
+            if not collect:
+                raise
+            problems += [f"{g}.{p}" if re.match(r"^\w+=", p) else f"{g}: {p}" for p in e.problems]
+        except OmegaConfBaseException as e:
+            if not collect:
+                raise
+            problems.append(f"{g}: {_short(e)}")
+    return specs
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """The resolved config a run was started with (what workers, eval and export read)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise InputError([f"{run_dir} is not a tuneforge run directory (no config.yaml)"])
+    raw = OmegaConf.load(path)
+    cfg = OmegaConf.structured(RootSpec)
+    OmegaConf.set_struct(cfg, False)
+    for key in raw:
+        cfg[key] = OmegaConf.merge(OmegaConf.structured(schema_for(key, raw[key].name)), raw[key]) if key in GROUPS else raw[key]
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Hydra's basic-sweeper expansion: `a=1,2 b=x,y` -> the cartesian product, one override list per job."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as e:
+        raise InputError([f"cannot parse overrides: {_short(e)}"]) from None
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [job for batch in batches for job in batch]

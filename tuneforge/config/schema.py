@@ -1,0 +1,119 @@
+"""Schemas of the preset groups (model, zero, trainer, logger) and of the whole run.
+
+Groups whose options are different builders (data, selection, peft, quant, precision, optim, sched, launcher)
+take their schema from the registry: `@register(group, name, config=Spec)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from tuneforge.config.spec import Spec, knob, one_of, positive
+
+
+@dataclass
+class ModelSpec(Spec):
+    name: str = knob("smollm2_135m", "preset name (configs/model/<name>.yaml)")
+    path: Optional[str] = knob(
+        None,
+        "weights: a local Hugging Face directory, a hub id (org/name), a .gguf file, or pkg://<package>/<file>",
+    )
+    tokenizer: Optional[str] = knob(None, "tokenizer source (same forms as path); default: path")
+    init: str = knob("pretrained", "pretrained: load weights from path; random: build from `arch` with random init")
+    arch: dict[str, Any] = knob({}, "config fields: the whole architecture for init=random, or overrides")
+    revision: Optional[str] = knob(None, "hub revision (branch, tag or commit) for hub ids")
+    trust_remote_code: bool = knob(False, "allow model code from the hub repo to run (off: safer)")
+    gradient_checkpointing: bool = knob(False, "recompute activations in backward to save memory")
+    attn_implementation: str = knob("sdpa", "attention kernel: sdpa, eager, flash_attention_2")
+
+    def problems(self):
+        out = one_of(self, "init", ("pretrained", "random"))
+        if self.init == "pretrained" and not self.path:
+            out.append("model.path is required for init=pretrained: set model.path=/path/to/hf_dir (or a hub id)")
+        if self.init == "random" and not (self.tokenizer or self.path):
+            out.append("init=random needs model.tokenizer (where the tokenizer comes from)")
+        return out + one_of(self, "attn_implementation", ("sdpa", "eager", "flash_attention_2"))
+
+
+@dataclass
+class ZeroSpec(Spec):
+    name: str = knob("zero0", "preset name (configs/zero/<name>.yaml)")
+    stage: int = knob(0, "ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients), 3 (+params)")
+    offload_optimizer: str = knob("none", "where optimizer states live: none, cpu, nvme (ZeRO-Offload/Infinity)")
+    offload_param: str = knob("none", "where parameters live between uses (stage 3 only): none, cpu, nvme")
+    nvme_path: Optional[str] = knob(None, "directory on a fast local disk for nvme offload")
+    overlap_comm: bool = knob(False, "overlap gradient reduction with backward (more memory, faster on GPUs)")
+    contiguous_gradients: bool = knob(True, "copy gradients into one buffer as they are produced")
+    reduce_bucket_size: int = knob(500_000_000, "elements per gradient-reduction bucket")
+    stage3_prefetch_bucket_size: int = knob(50_000_000, "stage 3: elements prefetched ahead of use")
+    stage3_param_persistence_threshold: int = knob(100_000, "stage 3: params smaller than this stay unpartitioned")
+
+    def problems(self):
+        out = [] if self.stage in (0, 1, 2, 3) else [f"stage={self.stage} must be 0, 1, 2 or 3"]
+        out += one_of(self, "offload_optimizer", ("none", "cpu", "nvme"))
+        out += one_of(self, "offload_param", ("none", "cpu", "nvme"))
+        if self.offload_param != "none" and self.stage != 3:
+            out.append("offload_param needs stage=3 (use zero=zero3_offload)")
+        if self.offload_optimizer != "none" and self.stage == 0:
+            out.append("offload_optimizer needs stage >= 1 (use zero=zero2_offload)")
+        if "nvme" in (self.offload_optimizer, self.offload_param) and not self.nvme_path:
+            out.append("nvme offload needs zero.nvme_path=/fast/local/disk")
+        return out + positive(self, "reduce_bucket_size", "stage3_prefetch_bucket_size")
+
+
+@dataclass
+class TrainerSpec(Spec):
+    name: str = knob("default", "preset name (configs/trainer/<name>.yaml)")
+    max_steps: int = knob(-1, "optimizer steps to run; -1: run `epochs` epochs instead")
+    epochs: float = knob(1.0, "passes over the training set when max_steps=-1")
+    micro_batch_size: int = knob(4, "samples per rank per forward/backward")
+    grad_accum: int = knob(1, "micro-batches accumulated per optimizer step")
+    eval_every: int = knob(0, "evaluate every N steps (0: only at the end)")
+    eval_at_start: bool = knob(True, "evaluate before the first step too (shows the before/after gain)")
+    eval_max_samples: int = knob(200, "cap on eval examples for loss and generation metrics (0: all)")
+    eval_batch_size: int = knob(16, "prompts per generation batch during eval")
+    max_new_tokens: int = knob(16, "generation budget per eval prompt (answer-checked datasets)")
+    save_every: int = knob(0, "checkpoint every N steps (0: only at the end)")
+    keep_last: int = knob(2, "checkpoints kept (older ones are deleted after a newer one is saved)")
+    log_every: int = knob(1, "log train metrics every N steps")
+    seed: int = knob(42, "seed for init, data order, dropout (identical on every rank)")
+    output_dir: Optional[str] = knob(None, "run directory; default outputs/<recipe>/<timestamp>")
+    nproc: int = knob(1, "ranks (processes) on this machine")
+    resume: str = knob("none", "none, auto (latest checkpoint in output_dir), or a checkpoint directory")
+    device: str = knob("auto", "auto (cuda if available), cpu or cuda")
+    threads: int = knob(0, "CPU threads per rank (0: cores / nproc)")
+
+    def problems(self):
+        out = positive(self, "micro_batch_size", "grad_accum", "nproc", "log_every", "eval_batch_size", "keep_last")
+        out += positive(self, "eval_every", "save_every", "eval_max_samples", "max_new_tokens", "threads", allow_zero=True)
+        if self.max_steps == 0 or self.max_steps < -1:
+            out.append(f"max_steps={self.max_steps} must be > 0, or -1 to train for `epochs`")
+        if self.max_steps == -1 and self.epochs <= 0:
+            out.append(f"epochs={self.epochs} must be > 0 when max_steps=-1")
+        return out + one_of(self, "device", ("auto", "cpu", "cuda"))
+
+
+@dataclass
+class LoggerSpec(Spec):
+    name: str = knob("console", "preset name (configs/logger/<name>.yaml)")
+    progress: bool = knob(True, "live progress bar on a terminal (plain lines otherwise)")
+    tensorboard: bool = knob(False, "also write TensorBoard event files to <run_dir>/tensorboard")
+
+
+PRESET_SCHEMAS: dict[str, type] = {"model": ModelSpec, "zero": ZeroSpec, "trainer": TrainerSpec, "logger": LoggerSpec}
+# Every config group, in the order a run uses them.
+GROUPS = ("model", "data", "selection", "peft", "quant", "precision", "zero", "optim", "sched", "trainer",
+          "launcher", "logger")
+
+
+@dataclass
+class RootSpec(Spec):
+    """Top-level keys beside the groups."""
+
+    recipe: str = knob("quickstart", "the recipe this run was composed from")
+    description: str = knob("", "one line: what the recipe does")
+    deepspeed: Optional[str] = knob(None, "path to a raw DeepSpeed JSON whose keys override the generated config")
+
+
+ROOT_KEYS = tuple(f for f in RootSpec.__dataclass_fields__)

@@ -1,0 +1,128 @@
+"""Examples -> token ids with labels: chat template from the tokenizer, loss only on assistant tokens.
+
+Assistant spans are found by rendering the conversation prefix by prefix (the template's own output), then
+mapping characters to tokens with the fast tokenizer's offsets: every token that starts inside an assistant
+turn (its content and the end-of-turn marker) is trained; system/user text and role headers are not.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+from tuneforge.data.rows import Example, RowReport
+from tuneforge.data.spec import DataSpec
+from tuneforge.errors import InputError
+
+IGNORE = -100
+# Used only when a tokenizer ships no chat template (a warning says so).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]
+    source: str = ""
+    position_ids: Optional[list[int]] = None  # set for packed sequences
+    segments: Optional[list[int]] = None  # packed: 1, 2, ... per sample, 0 for padding
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+def prepare_tokenizer(tok):
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        warnings.warn("tokenizer has no chat template; using ChatML", stacklevel=2)
+        tok.chat_template = CHATML
+    return tok
+
+
+def with_system(messages: list[dict], system_prompt: Optional[str]) -> list[dict]:
+    if system_prompt and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def render(tok, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def encode_chat(tok, messages: list[dict]) -> tuple[list[int], list[int]]:
+    text = render(tok, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            start = len(render(tok, messages[:i], generation_prompt=True))
+            end = len(render(tok, messages[: i + 1]))
+            if not text.startswith(render(tok, messages[: i + 1])):
+                raise ValueError("the chat template does not render conversations prefix by prefix")
+            spans.append((start, end))
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = [tid if any(s <= off[0] < e for s, e in spans) else IGNORE
+              for tid, off in zip(enc["input_ids"], enc["offset_mapping"])]
+    return list(enc["input_ids"]), labels
+
+
+def encode_text(tok, text: str) -> tuple[list[int], list[int]]:
+    ids = tok(text, add_special_tokens=True)["input_ids"]
+    if tok.eos_token_id is not None:
+        ids = [*ids, tok.eos_token_id]
+    return ids, list(ids)
+
+
+def encode(examples: list[Example], tok, spec: DataSpec, report: RowReport) -> list[Sample]:
+    """Tokenize; apply the over-length policy (drop / truncate / error), recording each case in `report`."""
+    out, too_long = [], []
+    for ex in examples:
+        if ex.text is not None:
+            ids, labels = encode_text(tok, ex.text)
+        else:
+            ids, labels = encode_chat(tok, with_system(ex.messages, spec.system_prompt))
+        if len(ids) > spec.max_length:
+            if spec.overlength == "error":
+                too_long.append(f"{ex.source} ({len(ids)} tokens)")
+                continue
+            if spec.overlength == "drop":
+                report.add(f"over max_length={spec.max_length} (dropped)", ex.source)
+                continue
+            ids, labels = ids[: spec.max_length], labels[: spec.max_length]
+        if all(t == IGNORE for t in labels[1:]):
+            report.add("no trained tokens (empty or truncated-away response)", ex.source)
+            continue
+        out.append(Sample(ids, labels, ex.source))
+    if too_long:
+        more = f" (+{len(too_long) - 5} more)" if len(too_long) > 5 else ""
+        raise InputError([f"{len(too_long)} samples exceed data.max_length={spec.max_length} "
+                          f"(data.overlength=error): {', '.join(too_long[:5])}{more}; raise data.max_length "
+                          "or set data.overlength=truncate|drop"], title="bad dataset")
+    return out
+
+
+def generation_prompt(tok, ex: Example, spec: DataSpec) -> str:
+    """The conversation up to (not including) its last assistant turn, ready for generation."""
+    msgs = with_system(ex.messages, spec.system_prompt)
+    return render(tok, msgs[:-1], generation_prompt=True)
+
+
+def pack(samples: list[Sample], max_length: int) -> list[Sample]:
+    """Greedy, order-preserving packing. Positions restart per sample; segments keep attention apart;
+    the first label of each sample is ignored so no sample is trained to predict across a boundary."""
+    packs, cur = [], None
+    for s in samples:
+        if cur is None or len(cur.input_ids) + len(s.input_ids) > max_length:
+            cur = Sample([], [], s.source, [], [])
+            packs.append(cur)
+        seg = (cur.segments[-1] if cur.segments else 0) + 1
+        cur.input_ids += s.input_ids
+        cur.labels += [IGNORE, *s.labels[1:]]
+        cur.position_ids += list(range(len(s.input_ids)))
+        cur.segments += [seg] * len(s.input_ids)
+    return packs

@@ -1,0 +1,94 @@
+"""Data specs: the fields every format shares, then what each format adds (its field mapping)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from tuneforge.config.spec import Spec, knob, one_of, positive
+
+
+@dataclass
+class DataSpec(Spec):
+    name: str = knob("jsonl", "format (configs/data/<name>.yaml)")
+    path: Optional[str] = knob(None, "training file: .jsonl (one object per line) or .json (a list of objects)")
+    eval_path: Optional[str] = knob(None, "separate eval file; default: hold out eval_split of path")
+    eval_split: float = knob(0.05, "held-out eval share: a fraction (<1) or a row count (>=1)")
+    max_length: int = knob(1024, "tokens per sample (and per pack when packing)")
+    overlength: str = knob("drop", "samples over max_length: drop, truncate, or error")
+    bad_rows: str = knob("skip", "malformed rows (bad JSON, missing fields, empty): skip (and report) or error")
+    packing: bool = knob(False, "pack several samples per sequence (attention never crosses samples)")
+    limit: int = knob(0, "use at most this many rows of path (0: all)")
+    system_prompt: Optional[str] = knob(None, "system message added to chat samples that have none")
+    checker: str = knob("none", "answer checker for generation-based exact match: none, number, exact")
+
+    def problems(self):
+        out = one_of(self, "overlength", ("drop", "truncate", "error")) + one_of(self, "bad_rows", ("skip", "error"))
+        out += one_of(self, "checker", ("none", "number", "exact"))
+        out += positive(self, "max_length") + positive(self, "limit", "eval_split", allow_zero=True)
+        if self.needs_path and not self.path:
+            out.append(f"data.path is required for data={self.name}: set data.path=/path/to/train.jsonl "
+                       f"(samples ship in pkg://tuneforge/data/examples/)")
+        return out
+
+    needs_path = True
+
+
+@dataclass
+class JsonlSpec(DataSpec):
+    name: str = knob("jsonl", "generic prompt/response rows")
+    prompt_key: str = knob("prompt", "field holding the user prompt")
+    response_key: str = knob("response", "field holding the target response (trained)")
+    system_key: Optional[str] = knob(None, "optional field holding a per-row system message")
+    answer_key: Optional[str] = knob(None, "optional field holding the reference answer for the checker")
+
+
+@dataclass
+class AlpacaSpec(DataSpec):
+    name: str = knob("alpaca", "instruction/input/output rows")
+    instruction_key: str = knob("instruction", "field holding the instruction")
+    input_key: str = knob("input", "optional field holding extra input (appended to the instruction)")
+    output_key: str = knob("output", "field holding the target response (trained)")
+
+
+@dataclass
+class ChatSpec(DataSpec):
+    name: str = knob("chat", "conversations: a list of messages with roles")
+    messages_key: str = knob("messages", "field holding the list of messages")
+    role_key: str = knob("role", "field of a message holding its role")
+    content_key: str = knob("content", "field of a message holding its text")
+    role_map: dict[str, str] = knob({}, "rename roles to system/user/assistant, e.g. {human: user, gpt: assistant}")
+
+
+@dataclass
+class QASpec(DataSpec):
+    name: str = knob("qa", "question/answer rows (e.g. GSM8K)")
+    question_key: str = knob("question", "field holding the question")
+    answer_key: str = knob("answer", "field holding the full answer (trained)")
+    answer_pattern: Optional[str] = knob(r"####\s*(.+?)\s*$", "regex whose group 1 is the final answer to check")
+    checker: str = knob("number", "answer checker: none, number, exact")
+
+
+@dataclass
+class TextSpec(DataSpec):
+    name: str = knob("text", "plain text corpus: every token is trained")
+    text_key: str = knob("text", "field holding the text (.jsonl); a .txt file is split on blank lines")
+
+
+@dataclass
+class QuickstartSpec(DataSpec):
+    name: str = knob("quickstart", "generated arithmetic word problems (no files needed)")
+    n_train: int = knob(2000, "training problems generated")
+    n_eval: int = knob(100, "held-out problems (disjoint from training)")
+    digits: int = knob(2, "digits per operand")
+    ops: list[str] = knob(["+"], "operations drawn from: + and -")
+    seed: int = knob(0, "generator seed (problems are identical for a given seed)")
+    system_prompt: Optional[str] = knob("Answer with the number only.", "system message for every problem")
+    checker: str = knob("number", "answer checker")
+    max_length: int = knob(128, "tokens per sample")
+    needs_path = False
+
+    def problems(self):
+        out = super().problems() + positive(self, "n_train", "n_eval", "digits")
+        bad = [o for o in self.ops if o not in ("+", "-")]
+        return out + ([f"ops {bad} not supported: use + and -"] if bad else [])

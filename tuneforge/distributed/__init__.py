@@ -1,0 +1,1 @@
+"""Distributed plumbing: the generated DeepSpeed config, process-group helpers, and launchers."""

@@ -1,0 +1,67 @@
+"""ds_config(specs, world_size): the DeepSpeed JSON, generated from the zero, precision, optim and trainer
+groups by one pure function (no torch, no I/O). A raw JSON given as `deepspeed=<path>` overrides keys."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from tuneforge import registry
+from tuneforge.precision.modes import ds_section as precision_section
+
+
+def _zero_section(z) -> dict:
+    out = {
+        "stage": z.stage,
+        "contiguous_gradients": z.contiguous_gradients,
+        "overlap_comm": z.overlap_comm,
+        "reduce_bucket_size": z.reduce_bucket_size,
+    }
+    if z.stage == 3:
+        out.update(stage3_prefetch_bucket_size=z.stage3_prefetch_bucket_size,
+                   stage3_param_persistence_threshold=z.stage3_param_persistence_threshold,
+                   stage3_gather_16bit_weights_on_model_save=False)
+    for what, device in (("offload_optimizer", z.offload_optimizer), ("offload_param", z.offload_param)):
+        if device != "none":
+            out[what] = {"device": device, "pin_memory": False}
+            if device == "nvme":
+                out[what]["nvme_path"] = z.nvme_path
+    return out
+
+
+def ds_config(specs: dict, world_size: int) -> dict:
+    t, z, o = specs["trainer"], specs["zero"], specs["optim"]
+    cfg = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.micro_batch_size * t.grad_accum * world_size,
+        "gradient_clipping": o.grad_clip,
+        "zero_optimization": _zero_section(z),
+        "steps_per_print": 1_000_000_000,  # tuneforge's logger reports progress
+        "wall_clock_breakdown": False,
+        "seed": t.seed,
+    }
+    cfg.update(precision_section(specs["precision"]))
+    cfg.update(registry.build("optim", o).ds_section(offloaded=z.offload_optimizer != "none"))
+    if z.offload_optimizer != "none" and "optimizer" not in cfg:
+        cfg["zero_force_ds_cpu_optimizer"] = False
+    return cfg
+
+
+def with_override(cfg: dict, raw_json_path: str | None) -> dict:
+    """Deep-merge a user's raw DeepSpeed JSON over the generated config."""
+    if not raw_json_path:
+        return cfg
+    with open(raw_json_path) as f:
+        override = json.load(f)
+    out = copy.deepcopy(cfg)
+    _merge(out, override)
+    return out
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = v

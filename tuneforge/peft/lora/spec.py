@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.config.spec import Spec, knob, positive
+
+
+@dataclass
+class LoraSpec(Spec):
+    name: str = knob("lora", "low-rank adapters (HF PEFT)")
+    r: int = knob(16, "adapter rank")
+    alpha: float = knob(32.0, "scaling numerator: the update is (alpha / r) * B @ A")
+    dropout: float = knob(0.05, "dropout on the adapter input")
+    target_modules: list[str] = knob(["all-linear"], "module names to adapt, or ['all-linear'] (every linear but the head)")
+    bias: str = knob("none", "train biases: none, all, lora_only")
+    modules_to_save: list[str] = knob([], "modules trained in full beside the adapters (e.g. ['lm_head'])")
+
+    def problems(self):
+        out = positive(self, "r", "alpha")
+        if not 0 <= self.dropout < 1:
+            out.append(f"dropout={self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            out.append("target_modules is empty: list module names or use ['all-linear']")
+        return out + ([] if self.bias in ("none", "all", "lora_only") else [f"bias={self.bias!r}: none, all or lora_only"])

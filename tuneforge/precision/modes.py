@@ -1,0 +1,66 @@
+"""`precision=fp32|bf16|fp16`.
+
+- fp32: everything in fp32 (the reference).
+- bf16: autocast to bf16 for matmuls, fp32 weights, gradients and optimizer (works on CPU; fast only where the
+  CPU has AMX/AVX512-BF16 or on GPUs). Set precision.params=bf16 to also store weights in bf16 (DeepSpeed
+  bf16 engine: fp32 master weights live in the optimizer).
+- fp16: DeepSpeed fp16 engine (fp16 weights, fp32 master, dynamic loss scaling); needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from tuneforge.config.spec import Spec, knob, one_of
+from tuneforge.registry import register
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class PrecisionSpec(Spec):
+    name: str = knob("fp32", "precision preset")
+    compute: str = knob("fp32", "dtype of matmuls in forward/backward (autocast): fp32, bf16, fp16")
+    params: str = knob("fp32", "dtype weights are stored in; bf16/fp16 keep fp32 master copies in the optimizer")
+    loss_scale: float = knob(0.0, "fp16 only: static loss scale, 0 for dynamic")
+    initial_scale_power: int = knob(16, "fp16 only: dynamic loss scale starts at 2**this")
+
+    def problems(self):
+        out = one_of(self, "compute", DTYPES) + one_of(self, "params", DTYPES)
+        if self.params == "fp16" and self.compute != "fp16":
+            out.append("params=fp16 needs compute=fp16")
+        return out
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+@register("precision", "fp32", config=PrecisionSpec)
+@register("precision", "bf16", config=PrecisionSpec)
+@register("precision", "fp16", config=PrecisionSpec)
+class Precision:
+    def __init__(self, spec: PrecisionSpec):
+        self.spec = spec
+
+    def autocast(self, device_type: str):
+        if self.spec.compute == "fp32" or self.spec.compute == self.spec.params:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type=device_type, dtype=torch_dtype(self.spec.compute))
+
+    def apply(self, model):
+        return model
+
+
+def ds_section(spec: PrecisionSpec) -> dict:
+    """DeepSpeed's mixed-precision engine section (pure)."""
+    if spec.params == "bf16":
+        return {"bf16": {"enabled": True}}
+    if spec.params == "fp16":
+        return {"fp16": {"enabled": True, "loss_scale": spec.loss_scale, "initial_scale_power": spec.initial_scale_power}}
+    return {}

@@ -1,0 +1,54 @@
+"""The training objective as an nn.Module, so the DeepSpeed engine wraps exactly what is trained.
+
+Next-token cross-entropy, averaged over trained tokens (labels != -100), as Hugging Face computes it. For
+decoder families whose LM forward is just `head(decoder(x))`, the head is applied only at trained positions:
+with short answers and large vocabularies the full-vocabulary logits at every position are most of the
+compute and memory of a step, and never enter the loss. Other families go through the model's own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneforge.data.batching import packed_attention_mask
+from tuneforge.data.encode import IGNORE
+from tuneforge.models.layers import unwrap
+
+# Model types whose CausalLM forward is exactly lm_head(decoder(...)) (no logit soft-capping or scaling,
+# no auxiliary router loss), so computing the head on a subset of positions is exact.
+PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma", "smollm3"}
+
+
+class CausalLM(nn.Module):
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        base = unwrap(lm)
+        self.sparse_head = getattr(base.config, "model_type", None) in PLAIN_HEAD_TYPES
+
+    def _mask(self, attention_mask, segments):
+        if segments is None:
+            return attention_mask
+        impl = getattr(unwrap(self.lm).config, "_attn_implementation", "sdpa")
+        dtype = None if impl == "sdpa" else next(self.lm.parameters()).dtype
+        return packed_attention_mask(segments, dtype)
+
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, segments=None, reduction="mean"):
+        mask = self._mask(attention_mask, segments)
+        target = labels[:, 1:]
+        keep = target != IGNORE
+        if self.sparse_head:
+            base = unwrap(self.lm)
+            hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                        use_cache=False).last_hidden_state
+            logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+        else:
+            out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+            logits = out.logits[:, :-1][keep]
+        total = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+        count = keep.sum()
+        if reduction == "sum":
+            return torch.stack([total, count.to(total.dtype)])
+        return total / count.clamp(min=1)

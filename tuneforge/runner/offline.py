@@ -1,0 +1,62 @@
+"""Work on a finished run without DeepSpeed: rebuild its model, re-evaluate it, export it.
+
+The model is rebuilt exactly as the run built it (load -> quantize -> apply method) from <run_dir>/config.yaml,
+then the trained weights (<run_dir>/final/trainable.safetensors) are copied in by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tuneforge import registry
+from tuneforge.config.compose import build_specs, load_run_config
+from tuneforge.data.encode import encode
+from tuneforge.models.load import load_model, load_tokenizer
+from tuneforge.runner import evaluate
+from tuneforge.runner.objective import CausalLM
+from tuneforge.runner.weights import load_trainable
+
+
+def rebuild(run_dir: Path):
+    cfg = load_run_config(run_dir)
+    specs = build_specs(cfg)
+    tok = load_tokenizer(specs["model"])
+    quant = registry.build("quant", specs["quant"])
+    model = quant.apply(load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(tok),
+                                   load_kwargs=quant.load_kwargs()))
+    method = registry.build("peft", specs["peft"])
+    model = registry.build("precision", specs["precision"]).apply(method.apply(model))
+    load_trainable(model, Path(run_dir) / "final")
+    model.eval()
+    return specs, tok, model, method
+
+
+def eval_run(run_dir: Path) -> dict:
+    specs, tok, model, _ = rebuild(run_dir)
+    t, data = specs["trainer"], specs["data"]
+    loaded = registry.build("data", data).load(t.seed)
+    examples = loaded.eval[: t.eval_max_samples or None]
+    samples = encode(examples, tok, data, loaded.report)
+    autocast = registry.build("precision", specs["precision"]).autocast("cpu")
+    row = evaluate.eval_loss(CausalLM(model), samples, t.eval_batch_size, tok.pad_token_id, "cpu", autocast)
+    if data.checker != "none":
+        row.update(evaluate.exact_match(model, tok, examples, data, t.eval_batch_size, t.max_new_tokens, "cpu",
+                                        autocast, synced=False)[0])
+    (Path(run_dir) / "eval.json").write_text(json.dumps(row, indent=2))
+    return row
+
+
+def export_run(run_dir: Path) -> Path:
+    """<run_dir>/export: the merged Hugging Face model (+ tokenizer); <run_dir>/export/adapter for adapters."""
+    _, tok, model, method = rebuild(run_dir)
+    out = Path(run_dir) / "export"
+    out.mkdir(exist_ok=True)
+    method.save_adapter(model, out / "adapter")
+    merged = method.merged(model)
+    with torch.no_grad():
+        merged.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out

@@ -1,0 +1,286 @@
+"""Runner(cfg, run_dir).run(): the phases of one run, top to bottom, each short and logged.
+
+    setup         device, threads, process group, seeds, console and metrics
+    select_data   load + validate rows, tokenize, select (rank 0, broadcast), pack, plan batches
+    build_model   load -> quantize -> apply the tuning method -> precision
+    build_engine  deepspeed.initialize with ds_config(cfg); resume from a checkpoint if asked
+    train         the loop: method hook, micro-batches, optimizer step, log, eval, checkpoint
+    save          final checkpoint, trained weights, probe logits, summary.json
+    teardown      close sinks, destroy the process group
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from tuneforge import registry
+from tuneforge.config.compose import build_specs
+from tuneforge.data.batching import BatchPlan, collate
+from tuneforge.data.encode import encode, pack
+from tuneforge.distributed import dist
+from tuneforge.distributed.ds_config import ds_config, with_override
+from tuneforge.errors import EXIT_FAILED, EXIT_OK, InputError, RunError
+from tuneforge.logging.console import Console, fmt_duration
+from tuneforge.logging.metrics import Metrics
+from tuneforge.models.load import load_model, load_tokenizer
+from tuneforge.peft.base import count, trainable
+from tuneforge.runner import checkpoint, evaluate
+from tuneforge.runner.objective import CausalLM
+from tuneforge.runner.weights import save_trainable
+from tuneforge.selection import SelectionContext
+
+
+def pick_device(want: str) -> str:
+    if want == "cuda" and not torch.cuda.is_available():
+        raise InputError(["trainer.device=cuda but no CUDA device is visible: use trainer.device=cpu"])
+    return "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Runner:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.specs = build_specs(cfg)
+        self.t = self.specs["trainer"]
+        self.step = 0
+        self.history: dict[str, list] = {"loss": [], "eval": []}
+        self.t_start = time.time()
+        self.phase_s: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- phases
+    def run(self) -> int:
+        status, code, error = "failed", EXIT_FAILED, None
+        try:
+            for phase in (self.setup, self.select_data, self.build_model, self.build_engine, self.train, self.save):
+                t0 = time.time()
+                phase()
+                self.phase_s[phase.__name__] = round(time.time() - t0, 2)
+            status, code = "completed", EXIT_OK
+        except (InputError, RunError) as e:
+            status, code, error = ("bad_input" if isinstance(e, InputError) else "failed"), e.exit_code, str(e)
+            if isinstance(e, RunError):
+                self._console().log_only(traceback.format_exc())
+            self._console().error(error)
+        except BaseException as e:  # noqa: BLE001 - recorded, printed with its traceback, re-mapped to exit 1
+            error = f"{type(e).__name__}: {e}"
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            self._console().print(traceback.format_exc(), force=True)
+            self._console().error(error)
+        finally:
+            self.write_summary(status, error)
+            self.teardown()
+        return code
+
+    def setup(self) -> None:
+        self.device = pick_device(self.t.device)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        torch.set_num_threads(self.t.threads or max(1, (os.cpu_count() or 1) // world))
+        dist.init(self.device)
+        if self.device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.manual_seed(self.t.seed)
+        logger = self.specs["logger"]
+        self.console = Console(self.run_dir, main=dist.is_main(), progress=logger.progress)
+        self.metrics = Metrics(self.run_dir, enabled=dist.is_main(), tensorboard=logger.tensorboard)
+        self.precision = registry.build("precision", self.specs["precision"])
+        self.autocast = lambda: self.precision.autocast(self.device)
+        self.console.print(f"[bold]tuneforge[/] recipe={self.cfg.recipe} ranks={dist.world()} device={self.device} "
+                           f"run_dir={self.run_dir}")
+
+    def select_data(self) -> None:
+        spec = self.specs["data"]
+        self.tok = load_tokenizer(self.specs["model"])
+        loaded = registry.build("data", spec).load(self.t.seed)
+        report = loaded.report
+        train = encode(loaded.train, self.tok, spec, report)
+        self.eval_examples = loaded.eval[: self.t.eval_max_samples or None]
+        self.eval_samples = encode(self.eval_examples, self.tok, spec, report)
+        if report.bad:
+            self.console.print(f"[yellow]data:[/] {report.bad} rows skipped: " + "; ".join(report.lines()))
+        ctx = SelectionContext(seed=self.t.seed, tokenizer=self.tok, run_dir=self.run_dir)
+        chosen = registry.build("selection", self.specs["selection"]).select(train, ctx) if dist.is_main() else None
+        chosen = dist.broadcast_object(chosen)
+        train = [train[i] for i in chosen]
+        self.train_samples = pack(train, spec.max_length) if spec.packing else train
+        self.plan = BatchPlan(len(self.train_samples), self.t.micro_batch_size, self.t.grad_accum, dist.world(), self.t.seed)
+        if self.plan.steps_per_epoch == 0:
+            raise InputError([f"{len(self.train_samples)} training samples are fewer than one global batch "
+                              f"({self.plan.global_batch} = micro_batch_size x grad_accum x ranks): lower "
+                              "trainer.micro_batch_size / grad_accum or add data"], title="bad dataset")
+        self.total_steps = self.plan.total_steps(self.t.max_steps, self.t.epochs)
+        self.console.print(f"data: {len(train)} train samples ({len(self.train_samples)} sequences"
+                           f"{', packed' if spec.packing else ''}), {len(self.eval_samples)} eval; "
+                           f"{self.total_steps} steps x {self.plan.global_batch} samples")
+
+    def build_model(self) -> None:
+        ms = self.specs["model"]
+        self.ds = with_override(ds_config(self.specs, dist.world()), self.cfg.deepspeed)
+        self.zero3 = self.ds["zero_optimization"]["stage"] == 3
+        if self.zero3 and ms.init == "pretrained":  # load straight into ZeRO-3 partitions (zero.Init)
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds = HfDeepSpeedConfig(self.ds)
+        quant = registry.build("quant", self.specs["quant"])
+        model = load_model(ms, seed=self.t.seed, vocab_size=len(self.tok), load_kwargs=quant.load_kwargs())
+        model = quant.apply(model)
+        self.method = registry.build("peft", self.specs["peft"])
+        model = self.precision.apply(self.method.apply(model))
+        self.objective = CausalLM(model)
+        n_train, n_all = count(model)
+        self.counts = {"trainable_params": n_train, "total_params": n_all}
+        self.console.print(f"model: {type(model).__name__} {n_all / 1e6:.1f}M params, {n_train / 1e6:.2f}M trainable "
+                           f"({100 * n_train / max(n_all, 1):.2f}%) peft={self.specs['peft'].name}")
+
+    def build_engine(self) -> None:
+        import deepspeed
+
+        params = [p for _, p in trainable(self.objective)]
+        client_opt = registry.build("optim", self.specs["optim"]).build(params)
+        sched = registry.build("sched", self.specs["sched"], self.total_steps)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.objective, model_parameters=params, optimizer=client_opt, config=self.ds, lr_scheduler=sched.build)
+        if self.device == "cpu":
+            self.engine.to("cpu")
+        ckpt = checkpoint.resolve(self.t.resume, self.run_dir)
+        if ckpt is not None:
+            client = checkpoint.load(self.engine, ckpt)
+            self.step = client["step"]
+            self.method.load_state_dict(client.get("method", {}))
+            self.history = client.get("history", self.history)
+            self.console.print(f"resumed from {ckpt} at step {self.step}")
+        elif self.t.resume == "auto":
+            self.console.print("resume=auto: no checkpoint in the run directory, starting fresh")
+
+    def train(self) -> None:
+        t = self.t
+        if self.step == 0 and t.eval_at_start:
+            self.evaluate()
+        self.console.start(self.total_steps, self.step)
+        while self.step < self.total_steps:
+            self.method.on_step_start(self.step, self)
+            t0, lr = time.time(), self.engine.get_lr()[0]
+            loss_sum, tokens = 0.0, 0
+            for idx in self.plan.micro_batches(self.step, dist.rank()):
+                batch = {k: v.to(self.device) for k, v in collate([self.train_samples[i] for i in idx],
+                                                                 self.tok.pad_token_id).items()}
+                with self.autocast():
+                    loss = self.engine(**batch)
+                self.engine.backward(loss)
+                self.engine.step()
+                loss_sum += loss.item()
+                tokens += int((batch["segments"] > 0).sum() if "segments" in batch else batch["attention_mask"].sum())
+            loss_sum, tokens = dist.all_sum([loss_sum, tokens])
+            self.step += 1
+            row = {"step": self.step, "loss": loss_sum / (t.grad_accum * dist.world()), "lr": lr,
+                   "tokens_per_s": tokens / max(time.time() - t0, 1e-9), "epoch": (self.step - 1) // self.plan.steps_per_epoch}
+            self.history["loss"].append(row["loss"])
+            if self.step % t.log_every == 0 or self.step == self.total_steps:
+                self.metrics.log(row)
+                self.console.step(self.step, row)
+            if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
+                self.evaluate()
+            if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
+                self.checkpoint()
+        self.console.stop()
+        self.evaluate()
+
+    def save(self) -> None:
+        self.checkpoint()
+        final = self.run_dir / "final"
+        meta = {"step": self.step, "peft": self.specs["peft"].name, **self.counts}
+        save_trainable(self.objective.lm, final, self.zero3, meta)
+        self.save_probe(final)
+        dist.barrier()
+
+    def teardown(self) -> None:
+        for sink in ("metrics", "console"):
+            if hasattr(self, sink):
+                getattr(self, sink).close()
+        dist.shutdown()
+
+    # ---------------------------------------------------------------- helpers
+    def evaluate(self) -> dict:
+        if not self.eval_samples:
+            return {}
+        self.engine.module.eval()
+        row = {"step": self.step}
+        row.update(evaluate.eval_loss(self.objective, self.eval_samples, self.t.eval_batch_size,
+                                      self.tok.pad_token_id, self.device, self.autocast()))
+        shown = []
+        if self.specs["data"].checker != "none":
+            em, shown = evaluate.exact_match(self.objective.lm, self.tok, self.eval_examples, self.specs["data"],
+                                             self.t.eval_batch_size, self.t.max_new_tokens, self.device, self.autocast(),
+                                             synced=self.zero3 and dist.world() > 1)
+            row.update(em)
+        self.engine.module.train()
+        self.metrics.log(row)
+        self.history["eval"].append(row)
+        em = f" exact_match {row['exact_match']:.1%} (n={row['eval_n']})" if "exact_match" in row else ""
+        self.console.print(f"eval @ step {self.step}: loss {row['eval_loss']:.4f} ppl {row['eval_ppl']:.2f}{em}")
+        for q, a, ok in shown:
+            self.console.print(f"  {'[green]✓[/]' if ok else '[red]✗[/]'} {q[:70]!r} -> {a[:40]!r}")
+        return row
+
+    def checkpoint(self) -> None:
+        client = {"step": self.step, "method": self.method.state_dict(), "history": self.history,
+                  "data": {"consumed_samples": self.step * self.plan.global_batch,
+                           "epoch": self.step // self.plan.steps_per_epoch}}
+        path = checkpoint.save(self.engine, self.run_dir, self.step, client, self.t.keep_last)
+        self.console.print(f"checkpoint: {path}")
+
+    def save_probe(self, final: Path) -> None:
+        """Logits of the trained model on a fixed input, for export round-trip checks."""
+        from safetensors.torch import save_file
+
+        ids = torch.tensor([(self.eval_samples or self.train_samples)[0].input_ids[:32]], device=self.device)
+        self.engine.module.eval()
+        with torch.no_grad():
+            logits = self.objective.lm(input_ids=ids).logits.float().cpu()
+        if dist.is_main():
+            save_file({"input_ids": ids.cpu(), "logits": logits}, str(final / "probe.safetensors"))
+
+    def _console(self) -> Console:
+        if not hasattr(self, "console"):
+            self.console = Console(self.run_dir if self.run_dir.is_dir() else None, main=dist.is_main())
+        return self.console
+
+    def write_summary(self, status: str, error: str | None) -> None:
+        if not dist.is_main():
+            return
+        evals = self.history["eval"]
+        first, last = (evals[0], evals[-1]) if evals else ({}, {})
+        wall = time.time() - self.t_start
+        summary = {
+            "status": status, "recipe": self.cfg.recipe, "steps": self.step,
+            "total_steps": getattr(self, "total_steps", None),
+            "final_train_loss": self.history["loss"][-1] if self.history["loss"] else None,
+            "eval_before": first if len(evals) > 1 else {}, "eval": last,
+            "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
+            **getattr(self, "counts", {}), "world_size": dist.world(), "phase_s": self.phase_s,
+            "run_dir": str(self.run_dir), "error": error,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if status == "completed":
+            rows = [("status", status), ("steps", str(self.step)),
+                    ("train loss", f"{self.history['loss'][0]:.4f} -> {self.history['loss'][-1]:.4f}")]
+            if "eval_loss" in last:
+                rows.append(("eval loss", f"{first['eval_loss']:.4f} -> {last['eval_loss']:.4f}"))
+            if "exact_match" in last:
+                rows.append(("exact match", f"{first['exact_match']:.1%} -> {last['exact_match']:.1%} "
+                                            f"(n={last['eval_n']})"))
+            rows += [("wall time", fmt_duration(wall)), ("peak memory", f"{summary['peak_memory_mb']:,.0f} MB (rank 0)"),
+                     ("run dir", str(self.run_dir))]
+            self._console().summary("run complete", rows)

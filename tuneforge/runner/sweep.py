@@ -1,0 +1,90 @@
+"""`tuneforge train -m ...`: a Hydra multirun sweep.
+
+Every job's config is composed and validated first; if any job is invalid, all problems of all jobs are
+reported and nothing starts. Jobs then run one after another, each in its own processes (a crash cannot take
+the sweep down) with its output in <job_dir>/train.log. A failed job does not stop the others; the sweep
+ends with a table, <sweep_dir>/sweep_summary.json, and exit code 1 if any job failed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tuneforge.config.compose import compose, expand_sweep
+from tuneforge.errors import EXIT_FAILED, EXIT_OK, InputError
+from tuneforge.logging.console import fmt_duration
+from tuneforge.runner.start import preflight, prepare_run_dir, start
+
+
+def _slug(overrides: list[str]) -> str:
+    s = "_".join(o.split("=", 1)[-1] if "=" in o else o for o in overrides if not o.startswith("trainer.output_dir"))
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", s)[:60].strip("-") or "job"
+
+
+def run_sweep(overrides: list[str]) -> int:
+    console = Console(highlight=False)
+    jobs = expand_sweep(overrides)
+    cfgs, problems = [], []
+    for i, job in enumerate(jobs):
+        try:
+            cfg = compose(job)
+            preflight(cfg)
+            cfgs.append(cfg)
+        except InputError as e:
+            problems += [f"job {i} ({' '.join(job)}): {p}" for p in e.problems]
+    if problems:
+        raise InputError(problems, title=f"sweep of {len(jobs)} jobs not started")
+
+    root = Path(cfgs[0].trainer.output_dir or Path("outputs") / "multirun" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    root.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]sweep[/]: {len(jobs)} jobs -> {root.absolute()}")
+    results = []
+    for i, (job, cfg) in enumerate(zip(jobs, cfgs)):
+        job_dir = prepare_run_dir(cfg, root / f"{i}_{_slug(job)}")
+        console.print(f"[{i + 1}/{len(jobs)}] {' '.join(job) or '(defaults)'} ... ", end="")
+        t0 = time.time()
+        code = start(cfg, job_dir, log=job_dir / "train.log")
+        summary = _read_summary(job_dir)
+        status = summary.get("status", "failed")
+        if code != 0 and status == "completed":
+            status = "failed"
+        console.print(("[green]" if code == 0 else "[red]") + f"{status}[/] ({fmt_duration(time.time() - t0)})"
+                      + ("" if code == 0 else f": see {job_dir / 'train.log'}"))
+        results.append({"job": i, "overrides": job, "status": status, "exit_code": code,
+                        "final_train_loss": summary.get("final_train_loss"), "eval": summary.get("eval", {}),
+                        "run_dir": str(job_dir), "error": summary.get("error")})
+    (root / "sweep_summary.json").write_text(json.dumps(results, indent=2))
+    console.print(_table(results))
+    console.print(f"sweep summary: {root.absolute() / 'sweep_summary.json'}")
+    return EXIT_OK if all(r["exit_code"] == 0 for r in results) else EXIT_FAILED
+
+
+def _read_summary(job_dir: Path) -> dict:
+    try:
+        return json.loads((job_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _fmt(v, pct=False):
+    if v is None:
+        return "-"
+    return f"{v:.1%}" if pct else f"{v:.4f}"
+
+
+def _table(results: list[dict]) -> Table:
+    table = Table(title="sweep")
+    for col in ("#", "overrides", "status", "train loss", "eval loss", "exact match", "run dir"):
+        table.add_column(col)
+    for r in results:
+        style = "green" if r["exit_code"] == 0 else "red"
+        table.add_row(str(r["job"]), " ".join(r["overrides"]), f"[{style}]{r['status']}[/]", _fmt(r["final_train_loss"]),
+                      _fmt(r["eval"].get("eval_loss")), _fmt(r["eval"].get("exact_match"), pct=True), r["run_dir"])
+    return table

@@ -1,0 +1,19 @@
+"""Entry point of one rank: `python -m tuneforge.runner.worker <run_dir>` reads <run_dir>/config.yaml (never
+re-composes) and runs it. Launchers start one per rank with RANK / WORLD_SIZE / MASTER_* set."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    from tuneforge.config.compose import load_run_config
+    from tuneforge.runner.runner import Runner
+
+    run_dir = Path(argv[0])
+    return Runner(load_run_config(run_dir), run_dir).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
