@@ -117,3 +117,16 @@ class RootSpec(Spec):
 
 
 ROOT_KEYS = tuple(f for f in RootSpec.__dataclass_fields__)
+
+
+def _store_schemas() -> None:
+    """Preset-group schemas live in Hydra's ConfigStore beside the registered ones (schema/<group>/<name>)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, schema in PRESET_SCHEMAS.items():
+        cs.store(group=f"schema/{group}", name=group, node=schema)
+    cs.store(group="schema", name="root", node=RootSpec)
+
+
+_store_schemas()

@@ -135,9 +135,10 @@ def load_model(spec: ModelSpec, *, seed: int, vocab_size: int, load_kwargs: dict
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **common)
     else:
         ref = materialize(spec.path)
+        overrides = {k: v for k, v in spec.arch.items() if k != "model_type"}  # config fields to override
         try:
             model = _from_pretrained(AutoModelForCausalLM, ref, revision=spec.revision, dtype=torch.float32,
-                                     **common, **(load_kwargs or {}), **spec.arch)
+                                     **common, **(load_kwargs or {}), **overrides)
         except ValueError as e:
             if "trust_remote_code" in str(e):
                 raise RunError(f"{ref} ships custom model code; if you trust it, set model.trust_remote_code=true") from e

@@ -216,7 +216,7 @@ class Runner:
         if not self.eval_samples:
             return {}
         self.engine.module.eval()
-        row = {"step": self.step}
+        t0, row = time.time(), {"step": self.step}
         row.update(evaluate.eval_loss(self.objective, self.eval_samples, self.t.eval_batch_size,
                                       self.tok.pad_token_id, self.device, self.autocast()))
         shown = []
@@ -229,7 +229,8 @@ class Runner:
         self.metrics.log(row)
         self.history["eval"].append(row)
         em = f" exact_match {row['exact_match']:.1%} (n={row['eval_n']})" if "exact_match" in row else ""
-        self.console.print(f"eval @ step {self.step}: loss {row['eval_loss']:.4f} ppl {row['eval_ppl']:.2f}{em}")
+        self.console.print(f"eval @ step {self.step}: loss {row['eval_loss']:.4f} ppl {row['eval_ppl']:.2f}{em} "
+                           f"({time.time() - t0:.1f}s)")
         for q, a, ok in shown:
             self.console.print(f"  {'[green]✓[/]' if ok else '[red]✗[/]'} {q[:70]!r} -> {a[:40]!r}")
         return row
