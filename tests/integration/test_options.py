@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import metrics, ok, run_dir_of, summary, train_losses, tuneforge
 
-TINY = ["recipe=quickstart_tiny", "trainer.max_steps=3", "trainer.eval_at_start=false", "data.n_eval=2"]
+TINY = ["recipe=quickstart_tiny", "trainer.max_steps=3", "trainer.eval_at_start=false"]
 EXAMPLES = "pkg://tuneforge/data/examples"
 
 RUNS = {

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console as RichConsole
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -44,16 +45,16 @@ class Console:
         self._t0 = time.time()
         self._total = 0
 
-    def print(self, *objs, force: bool = False) -> None:
+    def print(self, *objs, force: bool = False, markup: bool = True) -> None:
         if not (self.main or force):
             return
-        (self.progress.console if self.progress else self.term).print(*objs)
+        (self.progress.console if self.progress else self.term).print(*objs, markup=markup)
         if self.file:
-            self.file.print(*objs)
+            self.file.print(*objs, markup=markup)
             self.file.file.flush()
 
     def error(self, text: str) -> None:
-        self.print(f"[bold red]error:[/] {text}", force=True)
+        self.print(f"[bold red]error:[/] {escape(text)}", force=True)
 
     def log_only(self, text: str) -> None:
         """Into <run_dir>/train.log but not onto a person's terminal (e.g. the traceback behind a clear error)."""

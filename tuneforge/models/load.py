@@ -143,10 +143,18 @@ def load_model(spec: ModelSpec, *, seed: int, vocab_size: int, load_kwargs: dict
             if "trust_remote_code" in str(e):
                 raise RunError(f"{ref} ships custom model code; if you trust it, set model.trust_remote_code=true") from e
             raise
-    if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     return model
+
+
+def enable_gradient_checkpointing(model, zero3: bool) -> None:
+    """Recompute activations in backward. Under ZeRO-3 the reentrant form is required (non-reentrant
+    recomputation sees partitioned, empty parameters); it needs inputs that require grad, so the embedding
+    output is marked as such (a frozen embedding would otherwise cut every gradient below the first
+    checkpointed layer)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": zero3})
+    if zero3:
+        model.enable_input_require_grads()
+    model.config.use_cache = False
 
 
 def is_pkg_ref(ref: str | None) -> bool:

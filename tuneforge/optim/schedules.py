@@ -45,10 +45,19 @@ class Schedule:
         p = min(1.0, (step - self.w) / max(1, self.total - self.w))
         return self.decay(p)
 
-    def build(self, optimizer):
+    def build(self, optimizer, start_step: int = 0):
+        """LambdaLR whose epoch counter is the absolute optimizer step (so a rebuilt or resumed engine continues)."""
+        import warnings
+
         import torch
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+        if start_step:
+            sched.last_epoch = start_step - 1
+            with warnings.catch_warnings():  # "scheduler stepped before optimizer": intended, we fast-forward
+                warnings.simplefilter("ignore", UserWarning)
+                sched.step()
+        return sched
 
 
 @register("sched", "constant", config=SchedSpec)

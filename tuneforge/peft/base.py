@@ -1,10 +1,15 @@
 """The interface every tuning method implements; the runner calls nothing else.
 
-    apply(model)          freeze / attach modules; return the model to train
+    check_model(spec, config) -> problems
+                          static: problems visible from the model's config alone (found before any weights load)
+    apply(model, ctx)     freeze / attach modules; return the model to train (ctx: MethodContext)
+    param_groups(model)   optimizer parameter groups (default: one group of the trainable parameters)
+    trained_names(model)  parameters whose values training may change: saved in final weights and checkpoints
     on_step_start(step, run)
-                          optional: act during training (e.g. LISA switching layers); `run` is the Runner
+                          optional: act during training (e.g. LISA switching layers); `run` is the Runner,
+                          whose `rebuild_engine()` re-creates the DeepSpeed engine for a new trainable set
     state_dict() / load_state_dict(state)
-                          method state saved in checkpoints (e.g. LISA's active layers)
+                          JSON-able method state saved in checkpoints (e.g. LISA's active layers)
     merged(model)         a plain Hugging Face model for export (adapters merged into the weights)
     save_adapter(model, path) -> bool
                           write a PEFT adapter directory if the method has one
@@ -12,15 +17,41 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 from torch import nn
+
+
+@dataclass
+class MethodContext:
+    """What a method may use while it is applied: the run's seed and tokenizer, the tokenized training
+    samples (empty when a finished run is rebuilt for eval/export), the run directory (caches), all specs."""
+
+    seed: int = 0
+    tokenizer: Any = None
+    train_samples: list = field(default_factory=list)
+    run_dir: Path | None = None
+    specs: dict = field(default_factory=dict)
 
 
 class TuningMethod:
     def __init__(self, spec):
         self.spec = spec
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    @staticmethod
+    def check_model(spec, config) -> list[str]:
+        return []
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         raise NotImplementedError
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return [{"params": [p for _, p in trainable(model)]}]
+
+    def trained_names(self, model: nn.Module) -> set[str]:
+        return {n for n, _ in trainable(model)}
 
     def on_step_start(self, step: int, run) -> None:
         pass

@@ -1,9 +1,10 @@
 """Checkpoints for resuming: <run_dir>/checkpoints/step_<N>/.
 
-Each holds DeepSpeed's own files (module, optimizer partitions, LR scheduler, client state: step, consumed
-samples, method state), one RNG file per rank, and tuneforge.json, written last by rank 0 after every rank
-finished: a checkpoint without it is incomplete and never resumed from. Frozen parameters are not saved
-(they come from the base model), so adapter checkpoints stay small.
+Each holds DeepSpeed's own files (trainable weights, optimizer partitions, LR scheduler, client state), one RNG
+file per rank, the weights a method trained earlier but froze now (LISA's inactive layers) in
+trained_frozen.safetensors, and tuneforge.json (step, data position, method state), written last by rank 0
+after every rank finished: a checkpoint without it is incomplete and never resumed from. Parameters never
+trained are not saved (they come from the base model), so adapter checkpoints stay small.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from tuneforge.distributed import dist
 from tuneforge.errors import InputError
+from tuneforge.runner.weights import load_named, save_named
 
 MARKER = "tuneforge.json"
 
@@ -41,14 +43,19 @@ def set_rng_state(state: dict) -> None:
 
 
 
-def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int) -> Path:
+FROZEN = "trained_frozen.safetensors"
+
+
+def save(engine, run_dir: Path, step: int, client_state: dict, meta: dict, keep_last: int, lm, frozen: set[str]) -> Path:
     root = run_dir / "checkpoints"
     tag = f"step_{step}"
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, exclude_frozen_parameters=True)
     torch.save(rng_state(), root / tag / f"rng_rank{dist.rank()}.pt")
+    if frozen:
+        save_named(lm, root / tag / FROZEN, frozen)
     dist.barrier()
     if dist.is_main():
-        (root / tag / MARKER).write_text(json.dumps({"step": step, "world_size": dist.world(), **client_state["data"]}))
+        (root / tag / MARKER).write_text(json.dumps({"step": step, "world_size": dist.world(), **meta}))
         for old in complete(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -78,12 +85,18 @@ def resolve(resume: str, run_dir: Path) -> Path | None:
     raise InputError([f"trainer.resume={resume}: not a complete tuneforge checkpoint or run directory"])
 
 
-def load(engine, path: Path) -> dict:
-    meta = json.loads((path / MARKER).read_text())
+def read_meta(path: Path) -> dict:
+    return json.loads((path / MARKER).read_text())
+
+
+def load(engine, path: Path, lm) -> dict:
+    meta = read_meta(path)
     if meta["world_size"] != dist.world():
         raise InputError([f"checkpoint {path} was written by {meta['world_size']} ranks, this run has {dist.world()}: "
                           "resume with the same trainer.nproc"])
     _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False)
+    if (path / FROZEN).is_file():
+        load_named(lm, path / FROZEN)
     rng_file = path / f"rng_rank{dist.rank()}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))

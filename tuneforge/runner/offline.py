@@ -14,22 +14,20 @@ import torch
 from tuneforge import registry
 from tuneforge.config.compose import build_specs, load_run_config
 from tuneforge.data.encode import encode
-from tuneforge.models.load import load_model, load_tokenizer
+from tuneforge.models.load import load_tokenizer
+from tuneforge.peft.base import MethodContext
 from tuneforge.runner import evaluate
+from tuneforge.runner.model import build
 from tuneforge.runner.objective import CausalLM
-from tuneforge.runner.weights import load_trainable
+from tuneforge.runner.weights import FILE, load_named
 
 
 def rebuild(run_dir: Path):
-    cfg = load_run_config(run_dir)
-    specs = build_specs(cfg)
+    specs = build_specs(load_run_config(run_dir))
     tok = load_tokenizer(specs["model"])
-    quant = registry.build("quant", specs["quant"])
-    model = quant.apply(load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(tok),
-                                   load_kwargs=quant.load_kwargs()))
-    method = registry.build("peft", specs["peft"])
-    model = registry.build("precision", specs["precision"]).apply(method.apply(model))
-    load_trainable(model, Path(run_dir) / "final")
+    ctx = MethodContext(seed=specs["trainer"].seed, tokenizer=tok, run_dir=Path(run_dir), specs=specs)
+    model, method = build(specs, tok, ctx)
+    load_named(model, Path(run_dir) / "final" / FILE)
     model.eval()
     return specs, tok, model, method
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -30,11 +31,13 @@ from tuneforge.distributed.ds_config import ds_config, with_override
 from tuneforge.errors import EXIT_FAILED, EXIT_OK, InputError, RunError
 from tuneforge.logging.console import Console, fmt_duration
 from tuneforge.logging.metrics import Metrics
-from tuneforge.models.load import load_model, load_tokenizer
-from tuneforge.peft.base import count, trainable
+from tuneforge.models.load import load_tokenizer
+from tuneforge.peft.base import MethodContext, count, trainable
 from tuneforge.runner import checkpoint, evaluate
+from tuneforge.runner.model import build as build_lm
 from tuneforge.runner.objective import CausalLM
-from tuneforge.runner.weights import save_trainable
+from tuneforge.runner.weights import FILE as WEIGHTS
+from tuneforge.runner.weights import save_named
 from tuneforge.selection import SelectionContext
 
 
@@ -77,7 +80,7 @@ class Runner:
         except BaseException as e:  # noqa: BLE001 - recorded, printed with its traceback, re-mapped to exit 1
             error = f"{type(e).__name__}: {e}"
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            self._console().print(traceback.format_exc(), force=True)
+            self._console().print(traceback.format_exc(), force=True, markup=False)
             self._console().error(error)
         finally:
             self.write_summary(status, error)
@@ -133,11 +136,9 @@ class Runner:
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)
-        quant = registry.build("quant", self.specs["quant"])
-        model = load_model(ms, seed=self.t.seed, vocab_size=len(self.tok), load_kwargs=quant.load_kwargs())
-        model = quant.apply(model)
-        self.method = registry.build("peft", self.specs["peft"])
-        model = self.precision.apply(self.method.apply(model))
+        ctx = MethodContext(seed=self.t.seed, tokenizer=self.tok, train_samples=self.train_samples,
+                            run_dir=self.run_dir, specs=self.specs)
+        model, self.method = build_lm(self.specs, self.tok, ctx, zero3=self.zero3)
         self.objective = CausalLM(model)
         n_train, n_all = count(model)
         self.counts = {"trainable_params": n_train, "total_params": n_all}
@@ -145,20 +146,14 @@ class Runner:
                            f"({100 * n_train / max(n_all, 1):.2f}%) peft={self.specs['peft'].name}")
 
     def build_engine(self) -> None:
-        import deepspeed
-
-        params = [p for _, p in trainable(self.objective)]
-        client_opt = registry.build("optim", self.specs["optim"]).build(params)
-        sched = registry.build("sched", self.specs["sched"], self.total_steps)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=self.objective, model_parameters=params, optimizer=client_opt, config=self.ds, lr_scheduler=sched.build)
-        if self.device == "cpu":
-            self.engine.to("cpu")
         ckpt = checkpoint.resolve(self.t.resume, self.run_dir)
+        if ckpt is not None:  # the method's state decides the optimizer's structure: restore it first
+            meta = checkpoint.read_meta(ckpt)
+            self.step = meta["step"]
+            self.method.load_state_dict(meta.get("method", {}))
+        self.make_engine()
         if ckpt is not None:
-            client = checkpoint.load(self.engine, ckpt)
-            self.step = client["step"]
-            self.method.load_state_dict(client.get("method", {}))
+            client = checkpoint.load(self.engine, ckpt, self.objective.lm)
             self.history = client.get("history", self.history)
             self.console.print(f"resumed from {ckpt} at step {self.step}")
         elif self.t.resume == "auto":
@@ -201,7 +196,7 @@ class Runner:
         self.checkpoint()
         final = self.run_dir / "final"
         meta = {"step": self.step, "peft": self.specs["peft"].name, **self.counts}
-        save_trainable(self.objective.lm, final, self.zero3, meta)
+        save_named(self.objective.lm, final / WEIGHTS, self.method.trained_names(self.objective.lm), meta)
         self.save_probe(final)
         dist.barrier()
 
@@ -210,6 +205,29 @@ class Runner:
             if hasattr(self, sink):
                 getattr(self, sink).close()
         dist.shutdown()
+
+    # ---------------------------------------------------------------- engine
+    def make_engine(self) -> None:
+        """A DeepSpeed engine over the method's parameter groups; the LR schedule continues from self.step."""
+        import deepspeed
+
+        groups = self.method.param_groups(self.objective.lm)
+        client_opt = registry.build("optim", self.specs["optim"]).build(groups)
+        sched = registry.build("sched", self.specs["sched"], self.total_steps)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.objective, model_parameters=groups, optimizer=client_opt, config=self.ds,
+            lr_scheduler=lambda opt: sched.build(opt, start_step=self.step))
+        if self.device == "cpu":
+            self.engine.to("cpu")
+
+    def rebuild_engine(self, change) -> None:
+        """Re-create the engine around `change()` (which alters what is trainable): the old optimizer and its
+        partitions are released first, so state exists only for what the new engine trains."""
+        self.engine.destroy()
+        self.engine = self.optimizer = self.scheduler = None
+        gc.collect()
+        change()
+        self.make_engine()
 
     # ---------------------------------------------------------------- helpers
     def evaluate(self) -> dict:
@@ -236,10 +254,12 @@ class Runner:
         return row
 
     def checkpoint(self) -> None:
-        client = {"step": self.step, "method": self.method.state_dict(), "history": self.history,
-                  "data": {"consumed_samples": self.step * self.plan.global_batch,
-                           "epoch": self.step // self.plan.steps_per_epoch}}
-        path = checkpoint.save(self.engine, self.run_dir, self.step, client, self.t.keep_last)
+        meta = {"method": self.method.state_dict(), "consumed_samples": self.step * self.plan.global_batch,
+                "epoch": self.step // self.plan.steps_per_epoch}
+        lm = self.objective.lm
+        frozen = self.method.trained_names(lm) - {n for n, _ in trainable(lm)}
+        path = checkpoint.save(self.engine, self.run_dir, self.step, {"history": self.history}, meta,
+                               self.t.keep_last, lm, frozen)
         self.console.print(f"checkpoint: {path}")
 
     def save_probe(self, final: Path) -> None:
@@ -277,11 +297,13 @@ class Runner:
         if status == "completed":
             rows = [("status", status), ("steps", str(self.step)),
                     ("train loss", f"{self.history['loss'][0]:.4f} -> {self.history['loss'][-1]:.4f}")]
+            def change(key, fmt):
+                return fmt.format(last[key]) if len(evals) < 2 else f"{fmt.format(first[key])} -> {fmt.format(last[key])}"
+
             if "eval_loss" in last:
-                rows.append(("eval loss", f"{first['eval_loss']:.4f} -> {last['eval_loss']:.4f}"))
+                rows.append(("eval loss", change("eval_loss", "{:.4f}")))
             if "exact_match" in last:
-                rows.append(("exact match", f"{first['exact_match']:.1%} -> {last['exact_match']:.1%} "
-                                            f"(n={last['eval_n']})"))
+                rows.append(("exact match", f"{change('exact_match', '{:.1%}')} (n={last['eval_n']})"))
             rows += [("wall time", fmt_duration(wall)), ("peak memory", f"{summary['peak_memory_mb']:,.0f} MB (rank 0)"),
                      ("run dir", str(self.run_dir))]
             self._console().summary("run complete", rows)

@@ -1,6 +1,8 @@
-"""The trained weights of a finished run: every trainable parameter, gathered to rank 0 (ZeRO-3 shards are
-collected one parameter at a time), in safetensors. Eval and export rebuild the model the same way the run
-did (load -> quantize -> apply method) and copy these in by name."""
+"""Named parameters to and from safetensors, ZeRO-3 aware.
+
+Saving gathers each ZeRO-3 partitioned parameter in turn (all ranks take part; rank 0 writes). Loading copies
+by name into the parameters of a model rebuilt the way the run built it (load -> quantize -> apply method);
+under ZeRO-3 the copy happens inside a gather whose result rank 0 re-partitions."""
 
 from __future__ import annotations
 
@@ -16,32 +18,38 @@ from tuneforge.errors import RunError
 FILE = "trainable.safetensors"
 
 
-def _full(p: torch.nn.Parameter, zero3: bool) -> torch.Tensor:
-    if zero3 and hasattr(p, "ds_id"):
+def _gathered(p: torch.nn.Parameter, modify: bool = False):
+    import contextlib
+
+    if hasattr(p, "ds_id"):
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-            return p.detach().cpu().clone()
-    return p.detach().cpu().clone()
+        return deepspeed.zero.GatheredParameters([p], modifier_rank=0 if modify else None)
+    return contextlib.nullcontext()
 
 
-def save_trainable(lm: torch.nn.Module, out_dir: Path, zero3: bool, meta: dict) -> None:
-    state = {n: _full(p, zero3) for n, p in lm.named_parameters() if p.requires_grad}
+def save_named(lm: torch.nn.Module, path: Path, names: set[str], meta: dict | None = None) -> None:
+    state = {}
+    for n, p in lm.named_parameters():
+        if n in names:
+            with _gathered(p):
+                state[n] = p.detach().cpu().clone().contiguous()
     if dist.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / FILE),
-                  metadata={"tuneforge": json.dumps(meta)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(path), metadata={"tuneforge": json.dumps(meta or {})})
 
 
-def load_trainable(lm: torch.nn.Module, out_dir: Path) -> None:
-    path = out_dir / FILE
+def load_named(lm: torch.nn.Module, path: Path, strict_names: set[str] | None = None) -> None:
     if not path.is_file():
         raise RunError(f"{path} not found: the run did not finish (resume it with trainer.resume=auto)")
     state = load_file(str(path))
     params = dict(lm.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
-        raise RunError(f"{path} does not match the rebuilt model: {missing[:3]} ... not found")
+    unknown = [n for n in state if n not in params]
+    missing = sorted((strict_names or set()) - set(state))
+    if unknown or missing:
+        raise RunError(f"{path} does not match the rebuilt model: unknown {unknown[:3]}, missing {missing[:3]}")
     with torch.no_grad():
         for n, t in state.items():
-            params[n].copy_(t.to(params[n].dtype))
+            p = params[n]
+            with _gathered(p, modify=True):
+                p.copy_(t.to(p.dtype))

@@ -7,7 +7,7 @@ import pytest
 from tuneforge import registry
 from tuneforge.config.compose import build_specs, compose
 from tuneforge.errors import RunError
-from tuneforge.peft.base import count, trainable
+from tuneforge.peft.base import MethodContext, count, trainable
 
 
 def method(*overrides):
@@ -15,13 +15,13 @@ def method(*overrides):
 
 
 def test_full_trains_everything(tiny_model_factory):
-    model = method("peft=full").apply(tiny_model_factory())
+    model = method("peft=full").apply(tiny_model_factory(), MethodContext())
     n, total = count(model)
     assert n == total
 
 
 def test_freeze_trains_only_named_layers_and_modules(tiny_model_factory):
-    model = method("peft=freeze", "peft.layers=[-1]", "peft.modules=[model.norm.*]").apply(tiny_model_factory())
+    model = method("peft=freeze", "peft.layers=[-1]", "peft.modules=[model.norm.*]").apply(tiny_model_factory(), MethodContext())
     names = {n for n, _ in trainable(model)}
     assert names and all(n.startswith("model.layers.1.") or n == "model.norm.weight" for n in names)
     assert "model.norm.weight" in names and any(n.startswith("model.layers.1.") for n in names)
@@ -29,14 +29,14 @@ def test_freeze_trains_only_named_layers_and_modules(tiny_model_factory):
 
 def test_freeze_out_of_range_layer(tiny_model_factory):
     with pytest.raises(RunError, match="out of range"):
-        method("peft=freeze", "peft.layers=[5]").apply(tiny_model_factory())
+        method("peft=freeze", "peft.layers=[5]").apply(tiny_model_factory(), MethodContext())
 
 
 def test_lora_trains_only_adapters_and_merges_exactly(tiny_model_factory):
     import torch
 
     m = method("peft=lora", "peft.r=4", "peft.dropout=0.0")
-    model = m.apply(tiny_model_factory())
+    model = m.apply(tiny_model_factory(), MethodContext())
     names = [n for n, _ in trainable(model)]
     assert names and all("lora_A" in n or "lora_B" in n for n in names)
     targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names}

@@ -14,7 +14,7 @@ from tuneforge.registry import register
 
 @register("peft", "freeze", config=FreezeSpec)
 class Freeze(TuningMethod):
-    def apply(self, model):
+    def apply(self, model, ctx):
         s = self.spec
         keep_layers = set()
         if s.layers:

@@ -9,7 +9,7 @@ from tuneforge.registry import register
 
 @register("peft", "full", config=FullSpec)
 class Full(TuningMethod):
-    def apply(self, model):
+    def apply(self, model, ctx):
         for p in model.parameters():
             p.requires_grad_(True)
         return model

@@ -24,7 +24,7 @@ class Lora(TuningMethod):
         return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=peft_targets(s.target_modules),
                           bias=s.bias, modules_to_save=list(s.modules_to_save) or None, task_type="CAUSAL_LM", **extra)
 
-    def apply(self, model):
+    def apply(self, model, ctx):
         from peft import get_peft_model
 
         return get_peft_model(model, self.lora_config())

@@ -1,0 +1,170 @@
+"""Per-parameter optimizer state of a DeepSpeed engine, whatever ZeRO stage or precision it runs.
+
+Methods that change what is trained during a run (LISA switching layers; SwitchLoRA and TriAdaptLoRA resetting
+rows) read the full state of a parameter, rebuild the engine, and write the state back. The state of a
+parameter is its Adam moments (exp_avg, exp_avg_sq), its fp32 master copy where the engine keeps one, and the
+Adam step of its parameter group.
+
+Engines:
+- plain: ZeRO-0 with fp32 weights; the optimizer (torch AdamW, bitsandbytes 8-bit, ...) holds per-parameter
+  state directly, copied as is.
+- unfused: ZeRO-0 with bf16/fp16 weights (DeepSpeed's FP16_UnfusedOptimizer): one fp32 master tensor per
+  parameter, whose optimizer state is per-parameter too.
+- zero12 / zero3 / bf16: ZeRO stages 1-2, stage 3, and DeepSpeed's bf16 engine at stage 0 keep flat fp32
+  partitions; a parameter's full state is assembled and scattered with DeepSpeed's
+  safe_get/set_full_fp32_param and safe_get/set_full_optimizer_state (collectives: every rank calls them, in
+  the same order). Adam states are created lazily by the first optimizer step; `materialize()` creates them
+  (zeros, step 0, exactly what AdamW's first step would) so a fresh engine can be written to before it steps.
+
+This module relies on DeepSpeed 0.19 internals (flat-partition attribute names); tests cover every stage.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def kind(engine) -> str:
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    opt = engine.optimizer
+    if isinstance(opt, DeepSpeedZeroOptimizer_Stage3):
+        return "zero3"
+    if isinstance(opt, DeepSpeedZeroOptimizer):
+        return "zero12"
+    if isinstance(opt, BF16_Optimizer):
+        return "bf16"
+    if isinstance(opt, FP16_UnfusedOptimizer):
+        return "unfused"
+    if isinstance(opt, torch.optim.Optimizer):
+        return "plain"
+    raise NotImplementedError(f"per-parameter optimizer state is not supported for {type(opt).__name__}")
+
+
+def _flats(engine) -> list[torch.Tensor]:
+    opt, k = engine.optimizer, kind(engine)
+    if k == "zero3":
+        return list(opt.fp32_partitioned_groups_flat)
+    if k == "zero12":
+        return list(opt.single_partition_of_fp32_groups)
+    return list(opt.fp32_groups_flat_partition)
+
+
+def _flat_of(engine, p) -> torch.Tensor:
+    opt, k = engine.optimizer, kind(engine)
+    if k == "zero3":
+        return opt.fp32_partitioned_groups_flat[opt.grad_position[opt.get_param_id(p)][0]]
+    groups = opt.bit16_groups if k == "zero12" else opt.bf16_groups
+    i = next(i for i, g in enumerate(groups) if any(q is p for q in g))
+    return _flats(engine)[i]
+
+
+def _master(engine, p) -> torch.Tensor | None:
+    """unfused engines: the fp32 master tensor of parameter `p`."""
+    opt = engine.optimizer
+    for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups):
+        for lp, hp in zip(lp_group, hp_group):
+            if lp is p:
+                return hp
+    return None
+
+
+def materialize(engine) -> None:
+    """Create the lazily-initialised Adam state of every flat partition (zeros, step 0) and (re)link every
+    parameter's view of it. DeepSpeed links once, after the first group's step, so with several parameter
+    groups the later groups' views are missing until relinked here."""
+    if kind(engine) in ("plain", "unfused"):
+        return
+    opt = engine.optimizer
+    inner = opt.optimizer
+    for flat in _flats(engine):
+        if not inner.state[flat]:
+            inner.state[flat] = {"step": torch.tensor(0.0), **{m: torch.zeros_like(flat) for m in MOMENTS}}
+    if hasattr(opt, "_hp_optimizer_states_linked"):
+        opt._hp_optimizer_states_linked = False
+        opt._lazy_init_hp_params_optimizer_state()
+
+
+def _step_of(state: dict) -> int:
+    s = state.get("step", 0)
+    return int(s.item() if torch.is_tensor(s) else s)
+
+
+def get(engine, p) -> dict | None:
+    """The full state of parameter `p` on CPU ({'step', moments, 'fp32'?}), or None if it has none yet."""
+    k = kind(engine)
+    if k in ("plain", "unfused"):
+        master = p if k == "plain" else _master(engine, p)
+        opt = engine.optimizer if k == "plain" else engine.optimizer.optimizer
+        st = opt.state.get(master) if master is not None else None
+        if not st:
+            return None
+        out = {key: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for key, v in st.items()}
+        return out if k == "plain" else {**out, "fp32": master.detach().cpu().clone()}
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    inner_state = engine.optimizer.optimizer.state.get(_flat_of(engine, p))
+    if not inner_state:
+        return None
+    materialize(engine)
+    out = {"step": _step_of(inner_state), "fp32": safe_get_full_fp32_param(p).detach().cpu().clone()}
+    for m in MOMENTS:
+        out[m] = safe_get_full_optimizer_state(p, m).detach().cpu().clone()
+    return out
+
+
+def put(engine, p, state: dict) -> None:
+    """Write a state taken by `get` into parameter `p` of (possibly another) engine."""
+    k = kind(engine)
+    if k in ("plain", "unfused"):
+        master = p if k == "plain" else _master(engine, p)
+        opt = engine.optimizer if k == "plain" else engine.optimizer.optimizer
+        if k == "unfused":
+            master.data.copy_(state["fp32"])
+        opt.state[master] = {key: (v.to(p.device) if torch.is_tensor(v) else v) for key, v in state.items() if key != "fp32"}
+        return
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    materialize(engine)
+    device = _flat_of(engine, p).device
+    safe_set_full_fp32_param(p, state["fp32"].to(device))
+    for m in MOMENTS:
+        safe_set_full_optimizer_state(p, state[m].to(device), m)
+    inner = engine.optimizer.optimizer.state[_flat_of(engine, p)]
+    if torch.is_tensor(inner["step"]):
+        inner["step"].fill_(float(state["step"]))
+    else:
+        inner["step"] = int(state["step"])
+
+
+def held_numel(engine) -> int:
+    """Elements of optimizer state this rank holds: moments (+ fp32 master partitions where kept separately)."""
+    k = kind(engine)
+    if k == "plain":
+        return sum(v.numel() for st in engine.optimizer.state.values() for key, v in st.items()
+                   if torch.is_tensor(v) and key != "step")
+    inner = engine.optimizer.optimizer
+    if k == "unfused":
+        masters = sum(hp.numel() for g in engine.optimizer.fp32_groups for hp in g)
+        return masters + sum(v.numel() for st in inner.state.values() for key, v in st.items()
+                             if torch.is_tensor(v) and key != "step")
+    moments = sum(v.numel() for st in inner.state.values() for key, v in st.items() if torch.is_tensor(v) and key != "step")
+    return moments + sum(f.numel() for f in _flats(engine))
+
+
+def has_state(engine, p) -> bool:
+    """Whether the engine keeps optimizer state (or an fp32 master partition) for parameter `p`."""
+    k = kind(engine)
+    if k == "plain":
+        return bool(engine.optimizer.state.get(p))
+    if k == "unfused":
+        return _master(engine, p) is not None
+    if k == "zero3":
+        opt = engine.optimizer
+        return p.requires_grad and hasattr(p, "ds_id") and opt.get_param_id(p) in opt.grad_position
+    return getattr(p, "_hp_mapping", None) is not None

@@ -1,0 +1,20 @@
+"""Build the model a run trains: load -> quantize -> apply the tuning method -> precision. One function, used by
+the runner and by eval/export (which rebuild a finished run's model the same way)."""
+
+from __future__ import annotations
+
+from tuneforge import registry
+from tuneforge.models.load import enable_gradient_checkpointing, load_model
+from tuneforge.peft.base import MethodContext
+
+
+def build(specs: dict, tok, ctx: MethodContext, zero3: bool = False):
+    """(model, tuning method) for the given specs."""
+    quant = registry.build("quant", specs["quant"])
+    model = load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(tok), load_kwargs=quant.load_kwargs())
+    if specs["model"].gradient_checkpointing:
+        enable_gradient_checkpointing(model, zero3)
+    model = quant.apply(model)
+    method = registry.build("peft", specs["peft"])
+    model = registry.build("precision", specs["precision"]).apply(method.apply(model, ctx))
+    return model, method
