@@ -23,7 +23,10 @@ from tuneforge.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError, R
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True, stderr=stderr)
+    con = Console(highlight=False, soft_wrap=True, stderr=stderr)
+    if not con.is_terminal:
+        con.width = 160  # logs and pipes: tables need not wrap at 80 columns
+    return con
 
 
 def _quiet_libraries() -> None:
@@ -75,7 +78,30 @@ def cmd_show(args) -> int:
     con.rule(f"DeepSpeed config (world size {cfg.trainer.nproc})")
     ds = with_override(ds_config(specs, cfg.trainer.nproc), cfg.deepspeed)
     con.print(Syntax(json.dumps(ds, indent=2), "json", theme="ansi_dark", background_color="default"))
+    _show_memory(con, specs, cfg.trainer.nproc)
     return EXIT_OK
+
+
+def _show_memory(con, specs, world: int) -> None:
+    from rich.table import Table
+
+    from tuneforge.models import footprint
+    from tuneforge.models.load import peek_config
+
+    config = peek_config(specs["model"])
+    if config is None:
+        con.print(f"[dim]memory estimate: the config of model.path={specs['model'].path} is not available offline[/]")
+        return
+    z, dtype = specs["zero"].stage, specs["precision"].params
+    table = Table(title=f"predicted memory per rank: {world} rank(s), ZeRO-{z}, {dtype} weights, AdamW "
+                        "(activations not included)", title_justify="left")
+    for col in ("method", "trainable params", "optimizer states", "gradients", "weights", "total"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for row in footprint.table(config, specs, world):
+        gib = [f"{row[k] / 2**30:,.2f} GiB" for k in ("optimizer", "gradients", "weights", "total")]
+        name = f"[bold]> {row['method']}[/]" if row["chosen"] else f"  {row['method']}"
+        table.add_row(name, f"{row['trainable'] / 1e6:,.1f}M ({100 * row['trainable'] / row['total_params']:.1f}%)", *gib)
+    con.print(table)
 
 
 def _show_doc(con, specs) -> int:

@@ -144,3 +144,24 @@ def test_resume_mid_period_reproduces_run(tmp_path):
     proc = ok(tuneforge("train", *common, f"trainer.output_dir={dst}", "trainer.resume=auto", cwd=tmp_path))
     assert "resumed from" in proc.stdout
     torch.testing.assert_close(torch.tensor(train_losses(dst)), torch.tensor(train_losses(src)), rtol=1e-6, atol=1e-6)
+
+
+def test_lisa_tiny_recipe_exports_every_trained_layer(tmp_path):
+    """The final weights hold every layer trained in any period (not only the last active set): the exported
+    model reproduces the trained model's logits (2 ranks, ZeRO-3: weights gathered from partitions)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import run_dir_of, summary
+
+    run = run_dir_of(ok(tuneforge("train", "recipe=lisa_tiny", "trainer.max_steps=6", "trainer.eval_at_start=false",
+                                  "data.n_eval=2", cwd=tmp_path)))
+    assert summary(run)["world_size"] == 2
+    saved = load_file(str(run / "final" / "trainable.safetensors"))
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n in saved if ".layers." in n}
+    assert len(layers) > 2  # three periods, several layers trained over the run
+    ok(tuneforge("export", f"run_dir={run}", cwd=tmp_path))
+    probe = load_file(str(run / "final" / "probe.safetensors"))
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(run / "export").eval()(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)

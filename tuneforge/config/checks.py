@@ -37,9 +37,24 @@ def cross_axis_problems(specs: dict) -> list[str]:
                    "use optim=adamw, or a zero preset without offload")
     if z.nvme_path and "nvme" in (z.offload_optimizer, z.offload_param) and not os.path.isdir(z.nvme_path):
         out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
+    if specs["peft"].name == "lisa":
+        out += _lisa_problems(specs)
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")
+    return out
+
+
+def _lisa_problems(specs: dict) -> list[str]:
+    """LISA rebuilds the engine at each switch and carries Adam state per parameter (optim_state)."""
+    z, p, o = specs["zero"], specs["precision"], specs["optim"]
+    out = []
+    if o.name == "adamw8bit" and (z.stage > 0 or p.params != "fp32"):
+        out.append("peft=lisa with optim=adamw8bit needs zero=zero0 and fp32 weights (8-bit states are carried across "
+                   "layer switches only as whole per-parameter tensors): use optim=adamw, or zero=zero0")
+    if "nvme" in (z.offload_optimizer, z.offload_param):
+        out.append("peft=lisa cannot carry optimizer state swapped to NVMe across layer switches: use zero=zero3_offload "
+                   "(CPU) or a preset without offload")
     return out
 
 

@@ -22,6 +22,8 @@ class ModelSpec(Spec):
     tokenizer: Optional[str] = knob(None, "tokenizer source (same forms as path); default: path")
     init: str = knob("pretrained", "pretrained: load weights from path; random: build from `arch` with random init")
     arch: dict[str, Any] = knob({}, "config fields: the whole architecture for init=random, or overrides")
+    card: dict[str, Any] = knob({}, "architecture facts (a config.json subset) used only for checks and memory "
+                                   "estimates when the model's own config is not available offline")
     revision: Optional[str] = knob(None, "hub revision (branch, tag or commit) for hub ids")
     trust_remote_code: bool = knob(False, "allow model code from the hub repo to run (off: safer)")
     gradient_checkpointing: bool = knob(False, "recompute activations in backward to save memory")

@@ -48,9 +48,7 @@ def materialize(ref: str) -> str:
     path = resolve_ref(ref)
     if path.suffix != ".gguf":
         return str(path)
-    st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}".encode()).hexdigest()[:12]
-    out = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    out = _gguf_cache(path)
     if (out / "config.json").is_file():
         return str(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +77,48 @@ def _convert_gguf(path: Path, out: Path) -> None:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     os.replace(tmp, out)
+
+
+def peek_config(spec: ModelSpec):
+    """The model's config without loading weights or reaching the hub (None when not available locally):
+    random init builds it from `arch`; local directories, converted GGUFs and hub ids already in the local cache
+    are read from disk; otherwise the preset's `card` stands in."""
+    from transformers import AutoConfig
+
+    found = _peek(spec)
+    if found is None and spec.card:
+        card = dict(spec.card)
+        return AutoConfig.for_model(card.pop("model_type", "llama"), **card)
+    return found
+
+
+def _peek(spec: ModelSpec):
+    from transformers import AutoConfig
+
+    try:
+        if spec.init == "random":
+            arch = dict(spec.arch)
+            return AutoConfig.for_model(arch.pop("model_type", "llama"), **arch)
+        ref = spec.path
+        if looks_local(ref):
+            path = resolve_ref(ref)
+            if path.suffix == ".gguf":
+                ref = materialize(ref) if _cached_gguf(path) else None
+        kw = {} if ref and looks_local(ref) else {"local_files_only": True}
+        return AutoConfig.from_pretrained(ref, trust_remote_code=False, **kw) if ref else None
+    except (OSError, ValueError):
+        return None
+
+
+def _gguf_cache(path: Path) -> Path:
+    """Where a GGUF file's converted safetensors directory lives (keyed by its path and size)."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}".encode()).hexdigest()[:12]
+    return cache_dir() / "gguf" / f"{path.stem}-{key}"
+
+
+def _cached_gguf(path: Path) -> bool:
+    return (_gguf_cache(path) / "config.json").is_file()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -130,6 +170,9 @@ def load_model(spec: ModelSpec, *, seed: int, vocab_size: int, load_kwargs: dict
     if spec.init == "random":
         arch = dict(spec.arch)
         arch.setdefault("vocab_size", vocab_size)
+        if arch["vocab_size"] < vocab_size:
+            raise RunError(f"model.arch.vocab_size={arch['vocab_size']} is smaller than the tokenizer's {vocab_size} "
+                           f"tokens: set model.arch.vocab_size={vocab_size}")
         config = AutoConfig.for_model(arch.pop("model_type", "llama"), **arch)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **common)

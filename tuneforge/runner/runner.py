@@ -17,6 +17,7 @@ import os
 import resource
 import time
 import traceback
+import weakref
 from pathlib import Path
 
 import torch
@@ -165,8 +166,9 @@ class Runner:
             self.evaluate()
         self.console.start(self.total_steps, self.step)
         while self.step < self.total_steps:
+            t0 = time.time()  # the step's time includes the method's own work (e.g. a LISA switch)
             self.method.on_step_start(self.step, self)
-            t0, lr = time.time(), self.engine.get_lr()[0]
+            lr = self.engine.get_lr()[0]
             loss_sum, tokens = 0.0, 0
             for idx in self.plan.micro_batches(self.step, dist.rank()):
                 batch = {k: v.to(self.device) for k, v in collate([self.train_samples[i] for i in idx],
@@ -176,6 +178,7 @@ class Runner:
                 self.engine.backward(loss)
                 self.engine.step()
                 loss_sum += loss.item()
+                del loss  # the loss's backward hooks reference the engine: never keep it across steps
                 tokens += int((batch["segments"] > 0).sum() if "segments" in batch else batch["attention_mask"].sum())
             loss_sum, tokens = dist.all_sum([loss_sum, tokens])
             self.step += 1
@@ -223,9 +226,16 @@ class Runner:
     def rebuild_engine(self, change) -> None:
         """Re-create the engine around `change()` (which alters what is trainable): the old optimizer and its
         partitions are released first, so state exists only for what the new engine trains."""
-        self.engine.destroy()
-        self.engine = self.optimizer = self.scheduler = None
+        old = self.engine
+        old.destroy()
+        for hook in (old.module_forward_pre_hook, old.module_forward_post_hook):  # destroy() leaves these
+            if hook is not None:
+                hook.remove()
+        released = weakref.ref(old.optimizer)
+        self.engine = self.optimizer = self.scheduler = old = None
         gc.collect()
+        if released() is not None:
+            raise RuntimeError("the previous DeepSpeed optimizer is still referenced after an engine rebuild")
         change()
         self.make_engine()
 

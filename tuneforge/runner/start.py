@@ -13,6 +13,7 @@ from tuneforge import registry
 from tuneforge.config.compose import build_specs
 from tuneforge.distributed.ds_config import ds_config, with_override
 from tuneforge.errors import InputError
+from tuneforge.models.load import peek_config
 from tuneforge.models.load import preflight as model_preflight
 
 
@@ -20,6 +21,9 @@ def preflight(cfg: DictConfig) -> None:
     """Input problems found without loading a model: data files and rows, local model paths, raw DS JSON."""
     specs = build_specs(cfg)
     problems = model_preflight(specs["model"])
+    config = peek_config(specs["model"]) if not problems else None
+    if config is not None:
+        problems += registry.entry("peft", specs["peft"].name).builder.check_model(specs["peft"], config)
     if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
         problems.append(f"deepspeed={cfg.deepspeed}: file not found")
     try:

@@ -10,7 +10,7 @@ class LoraSpec(Spec):
     name: str = knob("lora", "low-rank adapters (HF PEFT)")
     r: int = knob(16, "adapter rank")
     alpha: float = knob(32.0, "scaling numerator: the update is (alpha / r) * B @ A")
-    dropout: float = knob(0.05, "dropout on the adapter input")
+    dropout: float = knob(0.0, "dropout on the adapter input")
     target_modules: list[str] = knob(["all-linear"], "module names to adapt, or ['all-linear'] (every linear but the head)")
     bias: str = knob("none", "train biases: none, all, lora_only")
     modules_to_save: list[str] = knob([], "modules trained in full beside the adapters (e.g. ['lm_head'])")

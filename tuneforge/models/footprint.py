@@ -1,0 +1,90 @@
+"""Predicted memory of a run per rank, from the model's config alone (the model is built on the meta device:
+shapes, no weights). Used by `tuneforge show` to put the chosen method beside LoRA and full fine-tuning.
+
+Per trainable parameter (AdamW): two fp32 moments (8 B), plus a 4 B fp32 master copy when the engine keeps one
+(ZeRO >= 1, or weights stored in bf16/fp16), plus its gradient (4 B, or 2 B for half-precision weights at
+ZeRO-0). ZeRO divides optimizer states over ranks from stage 1, gradients from stage 2, weights at stage 3.
+Activations are not included (they depend on batch, sequence length and checkpointing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class Parts:
+    embed: int  # input embeddings (and anything held by nn.Embedding modules)
+    head: int  # LM head if not tied to the embeddings
+    other: int  # final norm and other parameters outside the layers
+    per_layer: int  # parameters of one decoder layer
+    n_layers: int
+    lora_per_layer_r1: int  # LoRA parameters per layer at rank 1 over all linear layers (sum of in + out)
+
+    @property
+    def total(self) -> int:
+        return self.embed + self.head + self.other + self.per_layer * self.n_layers
+
+
+def parts(config) -> Parts:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.layers import decoder_layers, layer_of_param
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    _, layers = decoder_layers(model)
+    owner = layer_of_param(layers)
+    head = model.get_output_embeddings()
+    embed_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    counts = {"embed": 0, "head": 0, "other": 0}
+    for p in model.parameters():  # tied tensors are listed once
+        if id(p) not in owner:
+            counts["embed" if id(p) in embed_ids else "head" if head is not None and p is head.weight else "other"] += p.numel()
+    lora = sum(m.in_features + m.out_features for m in layers[0].modules() if isinstance(m, nn.Linear))
+    return Parts(counts["embed"], counts["head"], counts["other"], sum(p.numel() for p in layers[0].parameters()),
+                 len(layers), lora)
+
+
+def trainable(p: Parts, method: str, spec=None) -> int:
+    if method == "full":
+        return p.total
+    if method == "lora":
+        return p.n_layers * p.lora_per_layer_r1 * (spec.r if spec is not None else 16)
+    if method == "lisa":
+        always = (p.embed if spec.embed == "train" else 0) + (p.head if spec.head == "train" else 0)
+        return always + (p.other if spec.norm == "train" else 0) + spec.gamma * p.per_layer
+    raise ValueError(method)
+
+
+def per_rank_bytes(p: Parts, n_trainable: int, zero_stage: int, world: int, half_weights: bool) -> dict[str, float]:
+    master = 4 if (zero_stage >= 1 or half_weights) else 0
+    optim = n_trainable * (8 + master) / (world if zero_stage >= 1 else 1)
+    grads = n_trainable * (2 if half_weights and zero_stage == 0 else 4) / (world if zero_stage >= 2 else 1)
+    weights = p.total * (2 if half_weights else 4) / (world if zero_stage == 3 else 1)
+    return {"optimizer": optim, "gradients": grads, "weights": weights, "total": optim + grads + weights}
+
+
+def table(config, specs: dict, world: int) -> list[dict]:
+    """Rows for the chosen method (if estimable) beside full fine-tuning and LoRA r=16 on every linear layer."""
+    p = parts(config)
+    z, half = specs["zero"].stage, specs["precision"].params != "fp32"
+    chosen = specs["peft"].name
+    rows = [("full", None), ("lora", specs["peft"] if chosen == "lora" else None)]
+    if chosen == "lisa":
+        rows.append(("lisa", specs["peft"]))
+    out = []
+    for method, spec in rows:
+        n = trainable(p, method, spec)
+        if method == "full":
+            label = "full fine-tuning"
+        elif method == "lora":
+            label = f"LoRA r={spec.r if spec else 16} all-linear"
+        else:
+            label = f"LISA gamma={spec.gamma}, embed={spec.embed}, head={spec.head}" + (" (tied)" if p.head == 0 else "")
+        out.append({"method": label, "chosen": method == chosen, "trainable": n, "total_params": p.total,
+                    **per_rank_bytes(p, n, z, world, half)})
+    return out
