@@ -5,6 +5,8 @@
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
     tuneforge export run_dir=DIR                         merged Hugging Face model (+ PEFT adapter) in DIR/export
+    tuneforge ckpt verify DIR                            check a checkpoint (or every checkpoint of a run) file by file
+    tuneforge ckpt convert DIR                           universal copy of a checkpoint, for another topology
 
 Exit codes: 0 success, 2 bad config or input (nothing started), 1 failure during the run.
 """
@@ -66,17 +68,19 @@ def cmd_show(args) -> int:
     from rich.syntax import Syntax
 
     from tuneforge.config.compose import build_specs, compose
-    from tuneforge.distributed.ds_config import ds_config, with_override
+    from tuneforge.logging import secrets
+    from tuneforge.runner.start import run_ds_config
 
     cfg = compose(args.overrides)
     specs = build_specs(cfg)
+    secrets.absorb(cfg)
     con = _console()
     if args.doc:
         return _show_doc(con, specs)
     con.rule(f"resolved config: recipe={cfg.recipe}")
     con.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
     con.rule(f"DeepSpeed config (world size {cfg.trainer.nproc})")
-    ds = with_override(ds_config(specs, cfg.trainer.nproc), cfg.deepspeed)
+    ds = run_ds_config(cfg)
     con.print(Syntax(json.dumps(ds, indent=2), "json", theme="ansi_dark", background_color="default"))
     _show_memory(con, specs, cfg.trainer.nproc)
     return EXIT_OK
@@ -160,6 +164,27 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_ckpt(args) -> int:
+    from tuneforge.runner import checkpoint
+
+    path = Path(args.path)
+    if args.action == "convert":
+        out = checkpoint.convert(path)
+        _console().print(f"universal checkpoint: {out} (resume with any number of ranks / ZeRO stage)")
+        return EXIT_OK
+    targets = [path] if (path / checkpoint.MARKER).is_file() or path.name.startswith("step_") else checkpoint.complete(path)
+    if not targets:
+        raise InputError([f"{path}: no committed checkpoint here (a checkpoint directory or a run directory)"])
+    con, bad = _console(), []
+    for ckpt in targets:
+        problems = checkpoint.verify(ckpt)
+        con.print(f"[{'red' if problems else 'green'}]{'FAIL' if problems else 'ok'}[/] {ckpt}")
+        for p in problems:
+            con.print(f"  - {p}")
+        bad += problems
+    return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Declarative LLM fine-tuning on DeepSpeed.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -172,22 +197,31 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="write DIR/export (merged HF model, PEFT adapter): tuneforge export run_dir=DIR")
     for sp in sub.choices.values():
         sp.add_argument("overrides", nargs="*", help="recipe=NAME, group=option, group.key=value")
+    c = sub.add_parser("ckpt", help="checkpoint tools: tuneforge ckpt verify|convert DIR")
+    c.add_argument("action", choices=["verify", "convert"], help="verify: check files against the manifest; "
+                   "convert: write DIR/universal for resuming on another number of ranks or ZeRO stage")
+    c.add_argument("path", help="a checkpoint directory, or a run directory (all its checkpoints)")
     return p
 
 
-COMMANDS = {"train": cmd_train, "show": cmd_show, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export}
+COMMANDS = {"train": cmd_train, "show": cmd_show, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export,
+            "ckpt": cmd_ckpt}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rich.markup import escape
+
+    from tuneforge.logging.secrets import redact
+
     args = parser().parse_args(argv)
     _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except InputError as e:
-        _console(stderr=True).print(f"[bold red]error:[/] {e.render()}", markup=True)
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(redact(e.render()))}")
         return EXIT_BAD_INPUT
     except RunError as e:
-        _console(stderr=True).print(f"[bold red]error:[/] {e}")
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(redact(str(e)))}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -1,11 +1,16 @@
 """The two kinds of failure a user sees, and the exit codes they map to.
 
-Exit codes (stable): 0 success, 2 bad config or input (nothing was started), 1 failure during the run.
+Exit codes (stable; docs/reliability.md):
+    0  success
+    1  failure during the run
+    2  bad config or input (nothing was started, or a checkpoint was refused)
+    3  preempted (SIGTERM / SIGUSR1): a checkpoint was committed; run again with trainer.resume=auto (requeue)
+    4  diverged: trainer.max_bad_steps consecutive steps had a non-finite loss or gradient norm
 """
 
 from __future__ import annotations
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_DIVERGED = 0, 1, 2, 3, 4
 
 
 class InputError(Exception):
@@ -25,9 +30,19 @@ class InputError(Exception):
 
 
 class RunError(Exception):
-    """A failure during the run (model could not load, training diverged, ...) with a message naming the fix."""
+    """A failure during the run (model could not load, a save failed, ...) with a message naming the fix."""
 
     exit_code = EXIT_FAILED
+
+
+class Diverged(RunError):
+    exit_code = EXIT_DIVERGED
+
+
+class Preempted(Exception):
+    """A stop signal was honoured: a checkpoint is committed and the run can be resumed."""
+
+    exit_code = EXIT_PREEMPTED
 
 
 def did_you_mean(word: str, choices) -> str:

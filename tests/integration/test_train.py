@@ -45,7 +45,7 @@ def test_single_rank_run_learns_and_writes_run_dir(single, peft):
     s = summary(run)
     assert s["status"] == "completed" and s["steps"] == 8 and s["final_train_loss"] == losses[-1]
     assert "eval_loss" in s["eval"] and "exact_match" in s["eval"] and s["peak_memory_mb"] > 0
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_4", "step_8"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_4", "step_8"]
     assert (run / "checkpoints" / "step_8" / "tuneforge.json").is_file()
     trained = load_file(str(run / "final" / "trainable.safetensors"))
     assert (all("lora_" in k for k in trained) if peft == "lora" else "model.embed_tokens.weight" in trained)

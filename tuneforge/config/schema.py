@@ -25,6 +25,8 @@ class ModelSpec(Spec):
     card: dict[str, Any] = knob({}, "architecture facts (a config.json subset) used only for checks and memory "
                                    "estimates when the model's own config is not available offline")
     revision: Optional[str] = knob(None, "hub revision (branch, tag or commit) for hub ids")
+    token: Optional[str] = knob(None, "Hugging Face token for gated/private models (better: the HF_TOKEN environment "
+                                      "variable); never written to disk or logs")
     trust_remote_code: bool = knob(False, "allow model code from the hub repo to run (off: safer)")
     gradient_checkpointing: bool = knob(False, "recompute activations in backward to save memory")
     attn_implementation: str = knob("sdpa", "attention kernel: sdpa, eager, flash_attention_2")
@@ -83,11 +85,15 @@ class TrainerSpec(Spec):
     output_dir: Optional[str] = knob(None, "run directory; default outputs/<recipe>/<timestamp>")
     nproc: int = knob(1, "ranks (processes) on this machine")
     resume: str = knob("none", "none, auto (latest checkpoint in output_dir), or a checkpoint directory")
+    max_bad_steps: int = knob(5, "stop (exit code 4) after this many consecutive steps with a non-finite loss or "
+                                 "gradient norm; each such step is skipped, parameters unchanged")
+    dist_timeout_s: int = knob(600, "seconds a collective may wait for another rank before the run fails")
     device: str = knob("auto", "auto (cuda if available), cpu or cuda")
     threads: int = knob(0, "CPU threads per rank (0: cores / nproc)")
 
     def problems(self):
-        out = positive(self, "micro_batch_size", "grad_accum", "nproc", "log_every", "eval_batch_size", "keep_last")
+        out = positive(self, "micro_batch_size", "grad_accum", "nproc", "log_every", "eval_batch_size", "keep_last",
+                       "max_bad_steps", "dist_timeout_s")
         out += positive(self, "eval_every", "save_every", "eval_max_samples", "max_new_tokens", "threads", allow_zero=True)
         if self.max_steps == 0 or self.max_steps < -1:
             out.append(f"max_steps={self.max_steps} must be > 0, or -1 to train for `epochs`")

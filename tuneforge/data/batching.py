@@ -33,10 +33,13 @@ class BatchPlan:
             self._perm = (epoch, idx)
         return self._perm[1]
 
+    def global_batch_indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return self.order(epoch)[k * self.global_batch:(k + 1) * self.global_batch]
+
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """Sample indices of this rank's micro-batches for optimizer step `step` (one list per accumulation)."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        chunk = self.order(epoch)[k * self.global_batch:(k + 1) * self.global_batch]
+        chunk = self.global_batch_indices(step)
         m = self.micro
         return [chunk[(a * self.world + rank) * m:(a * self.world + rank + 1) * m] for a in range(self.accum)]
 

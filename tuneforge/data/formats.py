@@ -81,12 +81,12 @@ class Jsonl(Format):
     def to_example(self, row):
         s = self.spec
         msgs = []
-        system = field_text(row, s.system_key, required=False) if s.system_key else None
+        system = field_text(row, s.system_field, required=False) if s.system_field else None
         if system:
             msgs.append({"role": "system", "content": system})
-        msgs += [{"role": "user", "content": field_text(row, s.prompt_key)},
-                 {"role": "assistant", "content": field_text(row, s.response_key)}]
-        answer = field_text(row, s.answer_key, required=False) if s.answer_key else None
+        msgs += [{"role": "user", "content": field_text(row, s.prompt_field)},
+                 {"role": "assistant", "content": field_text(row, s.response_field)}]
+        answer = field_text(row, s.answer_field, required=False) if s.answer_field else None
         return Example(messages=msgs, answer=answer or msgs[-1]["content"])
 
 
@@ -94,11 +94,11 @@ class Jsonl(Format):
 class Alpaca(Format):
     def to_example(self, row):
         s = self.spec
-        prompt = field_text(row, s.instruction_key)
-        extra = field_text(row, s.input_key, required=False)
+        prompt = field_text(row, s.instruction_field)
+        extra = field_text(row, s.input_field, required=False)
         if extra and extra.strip():
             prompt = f"{prompt}\n\n{extra}"
-        out = field_text(row, s.output_key)
+        out = field_text(row, s.output_field)
         return Example(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": out}],
                        answer=out)
 
@@ -111,18 +111,18 @@ ROLES = ("system", "user", "assistant")
 class Chat(Format):
     def to_example(self, row):
         s = self.spec
-        if not isinstance(row, dict) or s.messages_key not in row:
-            raise BadRow(f"missing field '{s.messages_key}'")
-        turns = row[s.messages_key]
+        if not isinstance(row, dict) or s.messages_field not in row:
+            raise BadRow(f"missing field '{s.messages_field}'")
+        turns = row[s.messages_field]
         if not isinstance(turns, list) or not turns:
-            raise BadRow(f"empty field '{s.messages_key}'")
+            raise BadRow(f"empty field '{s.messages_field}'")
         msgs = []
         for t in turns:
-            role = field_text(t, s.role_key)
+            role = field_text(t, s.role_field)
             role = s.role_map.get(role, role)
             if role not in ROLES:
                 raise BadRow(f"unknown role '{role}' (map it with data.role_map)")
-            msgs.append({"role": role, "content": field_text(t, s.content_key)})
+            msgs.append({"role": role, "content": field_text(t, s.content_field)})
         if msgs[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in msgs):
             raise BadRow("conversation does not end with an assistant turn")
         return Example(messages=msgs, answer=msgs[-1]["content"])
@@ -132,7 +132,7 @@ class Chat(Format):
 class QA(Format):
     def to_example(self, row):
         s = self.spec
-        q, a = field_text(row, s.question_key), field_text(row, s.answer_key)
+        q, a = field_text(row, s.question_field), field_text(row, s.answer_field)
         final = a
         if s.answer_pattern:
             m = re.search(s.answer_pattern, a, flags=re.MULTILINE)
@@ -145,7 +145,7 @@ class QA(Format):
 @register("data", "text", config=TextSpec)
 class Text(Format):
     def to_example(self, row):
-        text = row if isinstance(row, str) else field_text(row, self.spec.text_key)
+        text = row if isinstance(row, str) else field_text(row, self.spec.text_field)
         if not text.strip():
             raise BadRow("empty text")
         return Example(text=text)

@@ -37,34 +37,34 @@ class DataSpec(Spec):
 @dataclass
 class JsonlSpec(DataSpec):
     name: str = knob("jsonl", "generic prompt/response rows")
-    prompt_key: str = knob("prompt", "field holding the user prompt")
-    response_key: str = knob("response", "field holding the target response (trained)")
-    system_key: Optional[str] = knob(None, "optional field holding a per-row system message")
-    answer_key: Optional[str] = knob(None, "optional field holding the reference answer for the checker")
+    prompt_field: str = knob("prompt", "field holding the user prompt")
+    response_field: str = knob("response", "field holding the target response (trained)")
+    system_field: Optional[str] = knob(None, "optional field holding a per-row system message")
+    answer_field: Optional[str] = knob(None, "optional field holding the reference answer for the checker")
 
 
 @dataclass
 class AlpacaSpec(DataSpec):
     name: str = knob("alpaca", "instruction/input/output rows")
-    instruction_key: str = knob("instruction", "field holding the instruction")
-    input_key: str = knob("input", "optional field holding extra input (appended to the instruction)")
-    output_key: str = knob("output", "field holding the target response (trained)")
+    instruction_field: str = knob("instruction", "field holding the instruction")
+    input_field: str = knob("input", "optional field holding extra input (appended to the instruction)")
+    output_field: str = knob("output", "field holding the target response (trained)")
 
 
 @dataclass
 class ChatSpec(DataSpec):
     name: str = knob("chat", "conversations: a list of messages with roles")
-    messages_key: str = knob("messages", "field holding the list of messages")
-    role_key: str = knob("role", "field of a message holding its role")
-    content_key: str = knob("content", "field of a message holding its text")
+    messages_field: str = knob("messages", "field holding the list of messages")
+    role_field: str = knob("role", "field of a message holding its role")
+    content_field: str = knob("content", "field of a message holding its text")
     role_map: dict[str, str] = knob({}, "rename roles to system/user/assistant, e.g. {human: user, gpt: assistant}")
 
 
 @dataclass
 class QASpec(DataSpec):
     name: str = knob("qa", "question/answer rows (e.g. GSM8K)")
-    question_key: str = knob("question", "field holding the question")
-    answer_key: str = knob("answer", "field holding the full answer (trained)")
+    question_field: str = knob("question", "field holding the question")
+    answer_field: str = knob("answer", "field holding the full answer (trained)")
     answer_pattern: Optional[str] = knob(r"####\s*(.+?)\s*$", "regex whose group 1 is the final answer to check")
     checker: str = knob("number", "answer checker: none, number, exact")
 
@@ -72,7 +72,7 @@ class QASpec(DataSpec):
 @dataclass
 class TextSpec(DataSpec):
     name: str = knob("text", "plain text corpus: every token is trained")
-    text_key: str = knob("text", "field holding the text (.jsonl); a .txt file is split on blank lines")
+    text_field: str = knob("text", "field holding the text (.jsonl); a .txt file is split on blank lines")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import os
 import socket
@@ -17,7 +18,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init(device_type: str) -> None:
+def init(device_type: str, timeout_s: int = 600) -> None:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA); a single in-process rank
     gets a private port so parallel runs never collide."""
     os.environ.setdefault("DS_ACCELERATOR", device_type)  # no probing (and no warning) on CPU machines
@@ -29,7 +30,8 @@ def init(device_type: str) -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints op-build chatter here
-        deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo", verbose=False)
+        deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo", verbose=False,
+                                   timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def rank() -> int:

@@ -1,17 +1,22 @@
 """Launchers start the ranks of one run. Interface: `Launcher(spec).launch(run_dir, nproc, log) -> exit code`.
 
 `local` spawns `nproc` worker processes on this machine (torchrun-style env: RANK, LOCAL_RANK, WORLD_SIZE,
-MASTER_ADDR, MASTER_PORT) and watches them: if one fails, the others are stopped and the failing rank is named.
+MASTER_ADDR, MASTER_PORT) and watches them: if one fails, the others are stopped (SIGTERM, then SIGKILL after
+`launcher.grace_s`) and the failing rank is named. SIGTERM / SIGUSR1 sent to the launcher are forwarded to every
+rank (they then commit a checkpoint and exit with code 3). Ranks die with the launcher (PR_SET_PDEATHSIG), so
+no rank outlives it.
 A multi-node launcher (DeepSpeed hostfile, Slurm srun) implements the same method and starts the same worker
 (`python -m tuneforge.runner.worker <run_dir>`) on every node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,16 @@ def worker_cmd(run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "tuneforge.runner.worker", str(run_dir)]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: receive SIGTERM when the launcher dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
 @register("launcher", "local", config=LauncherSpec)
 class LocalLauncher:
     def __init__(self, spec: LauncherSpec):
@@ -49,8 +64,10 @@ class LocalLauncher:
                 env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
                            MASTER_ADDR=self.spec.master_addr, MASTER_PORT=str(port),
                            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)), PYTHONUNBUFFERED="1")
-                procs.append(subprocess.Popen(worker_cmd(run_dir), env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
-            return self._watch(procs)
+                procs.append(subprocess.Popen(worker_cmd(run_dir), env=env, stdout=out, preexec_fn=_die_with_parent,
+                                              stderr=subprocess.STDOUT if out else None))
+            with _forwarding((signal.SIGTERM, signal.SIGUSR1), procs):
+                return self._watch(procs)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -59,19 +76,47 @@ class LocalLauncher:
                 out.close()
 
     def _watch(self, procs) -> int:
+        """The run's exit code. A rank that fails (any code but 0, or 3 = preempted with its checkpoint committed)
+        stops the others; otherwise wait for every rank."""
         while True:
             codes = [p.poll() for p in procs]
-            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0, 3)]
             if failed:
                 rank, code = failed[0]
                 print(f"rank {rank} exited with code {code}; stopping the other ranks", file=sys.stderr, flush=True)
-                for p in procs:
-                    if p.poll() is None:
-                        p.send_signal(signal.SIGTERM)
-                deadline = time.time() + self.spec.grace_s
-                while time.time() < deadline and any(p.poll() is None for p in procs):
-                    time.sleep(0.2)
+                self._stop(procs)
                 return code
-            if all(c == 0 for c in codes):
-                return 0
+            if all(c is not None for c in codes):
+                return 3 if 3 in codes else 0
             time.sleep(0.2)
+
+    def _stop(self, procs) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + self.spec.grace_s
+        while time.time() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        stuck = [r for r, p in enumerate(procs) if p.poll() is None]
+        if stuck:
+            print(f"ranks {stuck} did not stop within {self.spec.grace_s:.0f}s; killed", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _forwarding(signals, procs):
+    """Forward `signals` received by this process to the ranks (main thread only: where Python handles signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

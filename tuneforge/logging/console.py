@@ -24,6 +24,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tuneforge.logging import secrets
+
 
 def fmt_duration(s: float) -> str:
     s = int(s)
@@ -48,6 +50,7 @@ class Console:
     def print(self, *objs, force: bool = False, markup: bool = True) -> None:
         if not (self.main or force):
             return
+        objs = tuple(secrets.redact(o) if isinstance(o, str) else o for o in objs)
         (self.progress.console if self.progress else self.term).print(*objs, markup=markup)
         if self.file:
             self.file.print(*objs, markup=markup)
@@ -58,6 +61,7 @@ class Console:
 
     def log_only(self, text: str) -> None:
         """Into <run_dir>/train.log but not onto a person's terminal (e.g. the traceback behind a clear error)."""
+        text = secrets.redact(text)
         if self.captured:
             self.term.print(text, markup=False)
         elif self.file:

@@ -136,12 +136,18 @@ def _from_pretrained(loader, ref: str, **kw):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if looks_local(ref):
-        return loader.from_pretrained(ref, **kw)
     try:
-        return loader.from_pretrained(ref, local_files_only=True, **kw)
-    except OSError:
-        pass
+        if looks_local(ref):
+            return loader.from_pretrained(ref, **kw)
+        try:
+            return loader.from_pretrained(ref, local_files_only=True, **kw)
+        except OSError:
+            pass
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise RunError(f"{ref} ships its own model code, which tuneforge does not run by default; if you trust "
+                           "it, set model.trust_remote_code=true") from e
+        raise
     if not _hub_reachable():
         raise RunError(
             f"model.path={ref} is a Hugging Face Hub id, but the hub cannot be reached from this machine and no "
@@ -179,13 +185,8 @@ def load_model(spec: ModelSpec, *, seed: int, vocab_size: int, load_kwargs: dict
     else:
         ref = materialize(spec.path)
         overrides = {k: v for k, v in spec.arch.items() if k != "model_type"}  # config fields to override
-        try:
-            model = _from_pretrained(AutoModelForCausalLM, ref, revision=spec.revision, dtype=torch.float32,
-                                     **common, **(load_kwargs or {}), **overrides)
-        except ValueError as e:
-            if "trust_remote_code" in str(e):
-                raise RunError(f"{ref} ships custom model code; if you trust it, set model.trust_remote_code=true") from e
-            raise
+        model = _from_pretrained(AutoModelForCausalLM, ref, revision=spec.revision, dtype=torch.float32,
+                                 **common, **(load_kwargs or {}), **overrides)
     return model
 
 

@@ -60,7 +60,7 @@ class Precision:
 def ds_section(spec: PrecisionSpec) -> dict:
     """DeepSpeed's mixed-precision engine section (pure)."""
     if spec.params == "bf16":
-        return {"bf16": {"enabled": True}}
+        return {"bf16": {"enabled": True, "check_grad_overflow": True}}  # skip steps with non-finite gradients
     if spec.params == "fp16":
         return {"fp16": {"enabled": True, "loss_scale": spec.loss_scale, "initial_scale_power": spec.initial_scale_power}}
     return {}

@@ -15,28 +15,33 @@ import gc
 import json
 import os
 import resource
+import signal
 import time
 import traceback
+import types
 import weakref
+import zlib
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from tuneforge import registry
 from tuneforge.config.compose import build_specs
 from tuneforge.data.batching import BatchPlan, collate
 from tuneforge.data.encode import encode, pack
 from tuneforge.distributed import dist
-from tuneforge.distributed.ds_config import ds_config, with_override
-from tuneforge.errors import EXIT_FAILED, EXIT_OK, InputError, RunError
+from tuneforge.errors import EXIT_FAILED, EXIT_OK, Diverged, InputError, Preempted, RunError
+from tuneforge.logging import secrets
 from tuneforge.logging.console import Console, fmt_duration
 from tuneforge.logging.metrics import Metrics
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, count, trainable
-from tuneforge.runner import checkpoint, evaluate
+from tuneforge.runner import checkpoint, evaluate, faults
 from tuneforge.runner.model import build as build_lm
 from tuneforge.runner.objective import CausalLM
+from tuneforge.runner.start import run_ds_config
 from tuneforge.runner.weights import FILE as WEIGHTS
 from tuneforge.runner.weights import save_named
 from tuneforge.selection import SelectionContext
@@ -54,6 +59,21 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def skip_nonfinite_steps(opt) -> None:
+    """ZeRO-0 with fp32 weights hands gradients straight to the torch optimizer, which would apply NaN/Inf: make
+    its step a no-op, flagged as an overflow so DeepSpeed counts it skipped, when any rank's gradient is not
+    finite. The other engines (ZeRO 1-3, bf16/fp16) already skip on a non-finite gradient norm."""
+    step = opt.step
+
+    def guarded(self, *args, **kwargs):
+        bad = any(not bool(torch.isfinite(p.grad).all()) for g in self.param_groups for p in g["params"]
+                  if p.grad is not None)
+        self.overflow = bool(dist.all_sum([bad])[0])
+        return None if self.overflow else step(*args, **kwargs)
+
+    opt.step = types.MethodType(guarded, opt)  # a bound method, as LR schedulers expect
+
+
 class Runner:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -63,6 +83,9 @@ class Runner:
         self.history: dict[str, list] = {"loss": [], "eval": []}
         self.t_start = time.time()
         self.phase_s: dict[str, float] = {}
+        self.skipped = self.bad_streak = 0
+        self.saved_step = -1
+        self.stop_signal: str | None = None
 
     # ---------------------------------------------------------------- phases
     def run(self) -> int:
@@ -73,10 +96,14 @@ class Runner:
                 phase()
                 self.phase_s[phase.__name__] = round(time.time() - t0, 2)
             status, code = "completed", EXIT_OK
+        except Preempted as e:
+            status, code, error = "preempted", e.exit_code, str(e)
+            self._console().print(f"[yellow]{escape(error)}[/]", force=True)
         except (InputError, RunError) as e:
             status, code, error = ("bad_input" if isinstance(e, InputError) else "failed"), e.exit_code, str(e)
             if isinstance(e, RunError):
                 self._console().log_only(traceback.format_exc())
+            status = "diverged" if isinstance(e, Diverged) else status
             self._console().error(error)
         except BaseException as e:  # noqa: BLE001 - recorded, printed with its traceback, re-mapped to exit 1
             error = f"{type(e).__name__}: {e}"
@@ -92,7 +119,8 @@ class Runner:
         self.device = pick_device(self.t.device)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         torch.set_num_threads(self.t.threads or max(1, (os.cpu_count() or 1) // world))
-        dist.init(self.device)
+        dist.init(self.device, self.t.dist_timeout_s)
+        self._previous_handlers = {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
         if self.device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.manual_seed(self.t.seed)
@@ -131,7 +159,7 @@ class Runner:
 
     def build_model(self) -> None:
         ms = self.specs["model"]
-        self.ds = with_override(ds_config(self.specs, dist.world()), self.cfg.deepspeed)
+        self.ds = run_ds_config(self.cfg)
         self.zero3 = self.ds["zero_optimization"]["stage"] == 3
         if self.zero3 and ms.init == "pretrained":  # load straight into ZeRO-3 partitions (zero.Init)
             from transformers.integrations import HfDeepSpeedConfig
@@ -147,14 +175,16 @@ class Runner:
                            f"({100 * n_train / max(n_all, 1):.2f}%) peft={self.specs['peft'].name}")
 
     def build_engine(self) -> None:
-        ckpt = checkpoint.resolve(self.t.resume, self.run_dir)
+        ckpt = checkpoint.resolve(self.t.resume, self.run_dir, self.console)
+        universal = False
         if ckpt is not None:  # the method's state decides the optimizer's structure: restore it first
             meta = checkpoint.read_meta(ckpt)
-            self.step = meta["step"]
+            self.step, self.skipped, self.bad_streak = meta["step"], meta.get("skipped_steps", 0), meta.get("bad_streak", 0)
             self.method.load_state_dict(meta.get("method", {}))
+            universal = checkpoint.needs_universal(ckpt, dist.world(), self.ds["zero_optimization"]["stage"])
         self.make_engine()
         if ckpt is not None:
-            client = checkpoint.load(self.engine, ckpt, self.objective.lm)
+            client = checkpoint.load(self.engine, ckpt, self.objective.lm, universal)
             self.history = client.get("history", self.history)
             self.console.print(f"resumed from {ckpt} at step {self.step}")
         elif self.t.resume == "auto":
@@ -166,26 +196,10 @@ class Runner:
             self.evaluate()
         self.console.start(self.total_steps, self.step)
         while self.step < self.total_steps:
-            t0 = time.time()  # the step's time includes the method's own work (e.g. a LISA switch)
-            self.method.on_step_start(self.step, self)
-            lr = self.engine.get_lr()[0]
-            loss_sum, tokens = 0.0, 0
-            for idx in self.plan.micro_batches(self.step, dist.rank()):
-                batch = {k: v.to(self.device) for k, v in collate([self.train_samples[i] for i in idx],
-                                                                 self.tok.pad_token_id).items()}
-                with self.autocast():
-                    loss = self.engine(**batch)
-                self.engine.backward(loss)
-                self.engine.step()
-                loss_sum += loss.item()
-                del loss  # the loss's backward hooks reference the engine: never keep it across steps
-                tokens += int((batch["segments"] > 0).sum() if "segments" in batch else batch["attention_mask"].sum())
-            loss_sum, tokens = dist.all_sum([loss_sum, tokens])
-            self.step += 1
-            row = {"step": self.step, "loss": loss_sum / (t.grad_accum * dist.world()), "lr": lr,
-                   "tokens_per_s": tokens / max(time.time() - t0, 1e-9), "epoch": (self.step - 1) // self.plan.steps_per_epoch}
-            self.history["loss"].append(row["loss"])
-            if self.step % t.log_every == 0 or self.step == self.total_steps:
+            if dist.all_sum([self.stop_signal is not None])[0]:  # every rank stops at the same step
+                self.preempt()
+            row = self.train_step()
+            if self.step % t.log_every == 0 or self.step == self.total_steps or row.get("skipped"):
                 self.metrics.log(row)
                 self.console.step(self.step, row)
             if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
@@ -195,6 +209,55 @@ class Runner:
         self.console.stop()
         self.evaluate()
 
+    def train_step(self) -> dict:
+        """One optimizer step over this rank's micro-batches; a step with a non-finite loss or gradient norm is
+        skipped by the engine (parameters unchanged) and counted."""
+        t0 = time.time()  # the step's time includes the method's own work (e.g. a LISA switch)
+        faults.at_step(self.step)
+        self.method.on_step_start(self.step, self)
+        lr = self.engine.get_lr()[0]
+        loss_sum, tokens = 0.0, 0
+        for micro, idx in enumerate(self.plan.micro_batches(self.step, dist.rank())):
+            batch = {k: v.to(self.device) for k, v in collate([self.train_samples[i] for i in idx],
+                                                             self.tok.pad_token_id).items()}
+            with self.autocast():
+                loss = self.engine(**batch)
+            if faults.active("nan", "loss", self.step):
+                loss = loss * float("nan")
+            self.engine.backward(loss)
+            self.engine.step()
+            faults.at_micro(self.step, micro)
+            loss_sum += loss.item()
+            del loss  # the loss's backward hooks reference the engine: never keep it across steps
+            tokens += int((batch["segments"] > 0).sum() if "segments" in batch else batch["attention_mask"].sum())
+        applied = self.engine.was_step_applied()
+        loss_sum, tokens = dist.all_sum([loss_sum, tokens])
+        samples = zlib.crc32(str(self.plan.global_batch_indices(self.step)).encode())
+        self.step += 1
+        row = {"step": self.step, "loss": loss_sum / (self.t.grad_accum * dist.world()), "lr": lr,
+               "tokens_per_s": tokens / max(time.time() - t0, 1e-9),
+               "epoch": (self.step - 1) // self.plan.steps_per_epoch, "samples": samples}
+        if applied:
+            self.bad_streak = 0
+            self.history["loss"].append(row["loss"])
+            return row
+        self.skipped, self.bad_streak = self.skipped + 1, self.bad_streak + 1
+        self.engine.lr_scheduler.step()  # the engine holds the schedule on a skipped step; keep it on the step count
+        self.console.print(f"[yellow]warning:[/] step {self.step}: non-finite loss or gradients, step skipped "
+                           f"({self.bad_streak} in a row, {self.skipped} in total)")
+        if self.bad_streak >= self.t.max_bad_steps:
+            raise Diverged(f"{self.bad_streak} consecutive steps with a non-finite loss or gradient norm "
+                           f"(trainer.max_bad_steps={self.t.max_bad_steps}), up to step {self.step}: lower optim.lr, "
+                           "check the data, or resume from an earlier checkpoint with trainer.resume=<dir>")
+        return {**row, "skipped": True}
+
+    def preempt(self) -> None:
+        self.console.stop()
+        if self.saved_step != self.step:
+            self.checkpoint()
+        raise Preempted(f"stopped by {self.stop_signal or 'a signal on another rank'} at step {self.step}: "
+                        f"checkpoint committed; resume with trainer.resume=auto trainer.output_dir={self.run_dir}")
+
     def save(self) -> None:
         self.checkpoint()
         final = self.run_dir / "final"
@@ -203,7 +266,14 @@ class Runner:
         self.save_probe(final)
         dist.barrier()
 
+    def _on_stop_signal(self, signum, frame) -> None:
+        """SIGTERM / SIGUSR1 (e.g. Slurm's pre-emption warning): finish the current step, commit a checkpoint,
+        exit with code 3. Further signals while saving only re-set the flag, so they cannot corrupt the save."""
+        self.stop_signal = signal.Signals(signum).name
+
     def teardown(self) -> None:
+        for sig, handler in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(sig, handler)
         for sink in ("metrics", "console"):
             if hasattr(self, sink):
                 getattr(self, sink).close()
@@ -217,9 +287,15 @@ class Runner:
         groups = self.method.param_groups(self.objective.lm)
         client_opt = registry.build("optim", self.specs["optim"]).build(groups)
         sched = registry.build("sched", self.specs["sched"], self.total_steps)
+        plain = self.ds["zero_optimization"]["stage"] == 0 and not ({"bf16", "fp16"} & set(self.ds))
+
+        def schedule(opt):  # DeepSpeed calls this with the optimizer it built
+            if plain:
+                skip_nonfinite_steps(opt)
+            return sched.build(opt, start_step=self.step)
+
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=self.objective, model_parameters=groups, optimizer=client_opt, config=self.ds,
-            lr_scheduler=lambda opt: sched.build(opt, start_step=self.step))
+            model=self.objective, model_parameters=groups, optimizer=client_opt, config=self.ds, lr_scheduler=schedule)
         if self.device == "cpu":
             self.engine.to("cpu")
 
@@ -268,8 +344,10 @@ class Runner:
                 "epoch": self.step // self.plan.steps_per_epoch}
         lm = self.objective.lm
         frozen = self.method.trained_names(lm) - {n for n, _ in trainable(lm)}
+        meta.update(skipped_steps=self.skipped, bad_streak=self.bad_streak)
         path = checkpoint.save(self.engine, self.run_dir, self.step, {"history": self.history}, meta,
                                self.t.keep_last, lm, frozen)
+        self.saved_step = self.step
         self.console.print(f"checkpoint: {path}")
 
     def save_probe(self, final: Path) -> None:
@@ -299,11 +377,11 @@ class Runner:
             "total_steps": getattr(self, "total_steps", None),
             "final_train_loss": self.history["loss"][-1] if self.history["loss"] else None,
             "eval_before": first if len(evals) > 1 else {}, "eval": last,
-            "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
+            "skipped_steps": self.skipped, "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
             **getattr(self, "counts", {}), "world_size": dist.world(), "phase_s": self.phase_s,
             "run_dir": str(self.run_dir), "error": error,
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.run_dir / "summary.json").write_text(json.dumps(secrets.redact_json(summary), indent=2))
         if status == "completed":
             rows = [("status", status), ("steps", str(self.step)),
                     ("train loss", f"{self.history['loss'][0]:.4f} -> {self.history['loss'][-1]:.4f}")]

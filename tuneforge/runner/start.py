@@ -13,6 +13,7 @@ from tuneforge import registry
 from tuneforge.config.compose import build_specs
 from tuneforge.distributed.ds_config import ds_config, with_override
 from tuneforge.errors import InputError
+from tuneforge.logging import secrets
 from tuneforge.models.load import peek_config
 from tuneforge.models.load import preflight as model_preflight
 
@@ -51,10 +52,15 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path | None = None) -> Path:
                           "or continue it with trainer.resume=auto"])
     run_dir.mkdir(parents=True, exist_ok=True)
     t.output_dir = str(run_dir)
+    secrets.absorb(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    ds = with_override(ds_config(build_specs(cfg), t.nproc), cfg.deepspeed)
-    (run_dir / "ds_config.json").write_text(json.dumps(ds, indent=2))
+    (run_dir / "ds_config.json").write_text(json.dumps(run_ds_config(cfg), indent=2))
     return run_dir
+
+
+def run_ds_config(cfg: DictConfig) -> dict:
+    """The DeepSpeed config a run uses: generated, the user's raw JSON merged over, secret-named keys masked."""
+    return secrets.redact_json(with_override(ds_config(build_specs(cfg), cfg.trainer.nproc), cfg.deepspeed))
 
 
 def start(cfg: DictConfig, run_dir: Path, log: Path | None = None, in_process: bool = True) -> int:

@@ -4,6 +4,10 @@ Every job's config is composed and validated first; if any job is invalid, all p
 reported and nothing starts. Jobs then run one after another, each in its own processes (a crash cannot take
 the sweep down) with its output in <job_dir>/train.log. A failed job does not stop the others; the sweep
 ends with a table, <sweep_dir>/sweep_summary.json, and exit code 1 if any job failed.
+
+Sweeps keep every run: a pre-empted job (SIGTERM/SIGUSR1: it commits a checkpoint) stops the sweep with exit
+code 3; running the same sweep again with trainer.resume=auto finds its directory (sweep.json lists the jobs),
+skips finished jobs and resumes the others in their own directories.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneforge.config.compose import compose, expand_sweep
-from tuneforge.errors import EXIT_FAILED, EXIT_OK, InputError
+from tuneforge.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, InputError
+from tuneforge.logging import secrets
 from tuneforge.logging.console import fmt_duration
 from tuneforge.runner.start import preflight, prepare_run_dir, start
 
 
 def _slug(overrides: list[str]) -> str:
-    s = "_".join(o.split("=", 1)[-1] if "=" in o else o for o in overrides if not o.startswith("trainer.output_dir"))
+    s = "_".join(o.split("=", 1)[-1] if "=" in o else o for o in _identity(overrides))
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", s)[:60].strip("-") or "job"
 
 
@@ -41,29 +46,65 @@ def run_sweep(overrides: list[str]) -> int:
             problems += [f"job {i} ({' '.join(job)}): {p}" for p in e.problems]
     if problems:
         raise InputError(problems, title=f"sweep of {len(jobs)} jobs not started")
-
-    root = Path(cfgs[0].trainer.output_dir or Path("outputs") / "multirun" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
-    root.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]sweep[/]: {len(jobs)} jobs -> {root.absolute()}")
+    resume = cfgs[0].trainer.resume == "auto"
+    root = sweep_dir(cfgs[0].trainer.output_dir, [_identity(j) for j in jobs], resume)
+    console.print(f"[bold]sweep[/]: {len(jobs)} jobs -> {root}")
     results = []
     for i, (job, cfg) in enumerate(zip(jobs, cfgs)):
-        job_dir = prepare_run_dir(cfg, root / f"{i}_{_slug(job)}")
+        job_dir = root / f"{i}_{_slug(job)}"
         console.print(f"[{i + 1}/{len(jobs)}] {' '.join(job) or '(defaults)'} ... ", end="")
+        if resume and _read_summary(job_dir).get("status") == "completed":
+            console.print("[green]completed[/] (already finished: skipped)")
+            results.append(_result(i, job, job_dir, 0))
+            continue
         t0 = time.time()
-        code = start(cfg, job_dir, log=job_dir / "train.log")
-        summary = _read_summary(job_dir)
-        status = summary.get("status", "failed")
-        if code != 0 and status == "completed":
-            status = "failed"
-        console.print(("[green]" if code == 0 else "[red]") + f"{status}[/] ({fmt_duration(time.time() - t0)})"
+        code = start(cfg, prepare_run_dir(cfg, job_dir), log=job_dir / "train.log")
+        result = _result(i, job, job_dir, code)
+        console.print(("[green]" if code == 0 else "[red]") + f"{result['status']}[/] ({fmt_duration(time.time() - t0)})"
                       + ("" if code == 0 else f": see {job_dir / 'train.log'}"))
-        results.append({"job": i, "overrides": job, "status": status, "exit_code": code,
-                        "final_train_loss": summary.get("final_train_loss"), "eval": summary.get("eval", {}),
-                        "run_dir": str(job_dir), "error": summary.get("error")})
-    (root / "sweep_summary.json").write_text(json.dumps(results, indent=2))
+        results.append(result)
+        if code == EXIT_PREEMPTED:
+            console.print("[yellow]sweep pre-empted: run the same command with trainer.resume=auto to continue[/]")
+            break
+    (root / "sweep_summary.json").write_text(json.dumps(secrets.redact_json(results), indent=2))
     console.print(_table(results))
-    console.print(f"sweep summary: {root.absolute() / 'sweep_summary.json'}")
+    console.print(f"sweep summary: {root / 'sweep_summary.json'}")
+    if any(r["exit_code"] == EXIT_PREEMPTED for r in results):
+        return EXIT_PREEMPTED
     return EXIT_OK if all(r["exit_code"] == 0 for r in results) else EXIT_FAILED
+
+
+def _identity(job: list[str]) -> list[str]:
+    """A job's overrides without the ones that only say how to run it (resume, output dir)."""
+    return [o for o in job if not o.startswith(("trainer.resume=", "trainer.output_dir="))]
+
+
+def sweep_dir(output_dir: str | None, identities: list[list[str]], resume: bool) -> Path:
+    """The sweep's directory: trainer.output_dir if given; with resume=auto the newest earlier sweep of exactly
+    these jobs; else a new outputs/multirun/<timestamp>. sweep.json records the jobs."""
+    root = Path(output_dir) if output_dir else None
+    if root is None and resume:
+        for old in sorted(Path("outputs/multirun").glob("*/sweep.json"), reverse=True):
+            if json.loads(old.read_text()).get("jobs") == identities:
+                root = old.parent
+                break
+    if root is None:
+        root = Path("outputs") / "multirun" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    root = root.absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "sweep.json").is_file():
+        (root / "sweep.json").write_text(json.dumps(secrets.redact_json({"jobs": identities}), indent=1))
+    return root
+
+
+def _result(i: int, job: list[str], job_dir: Path, code: int) -> dict:
+    summary = _read_summary(job_dir)
+    status = summary.get("status", "failed")
+    if code != 0 and status == "completed":
+        status = "failed"
+    return {"job": i, "overrides": job, "status": status, "exit_code": code,
+            "final_train_loss": summary.get("final_train_loss"), "eval": summary.get("eval", {}),
+            "run_dir": str(job_dir), "error": summary.get("error")}
 
 
 def _read_summary(job_dir: Path) -> dict:

@@ -48,8 +48,11 @@ def load_named(lm: torch.nn.Module, path: Path, strict_names: set[str] | None = 
     missing = sorted((strict_names or set()) - set(state))
     if unknown or missing:
         raise RunError(f"{path} does not match the rebuilt model: unknown {unknown[:3]}, missing {missing[:3]}")
-    with torch.no_grad():
-        for n, t in state.items():
-            p = params[n]
-            with _gathered(p, modify=True):
-                p.copy_(t.to(p.dtype))
+    for n, t in state.items():
+        assign(params[n], t)
+
+
+def assign(p: torch.nn.Parameter, value: torch.Tensor) -> None:
+    """Set a parameter's full value (under ZeRO-3 through a gather that rank 0's copy re-partitions)."""
+    with torch.no_grad(), _gathered(p, modify=True):
+        p.copy_(value.to(p.dtype).view(p.shape))

@@ -35,7 +35,7 @@ def test_zero_presets():
 
 def test_precision_and_optimizer_sections():
     assert ds("precision=bf16").get("bf16") is None  # autocast only: fp32 weights
-    assert ds("precision=bf16", "precision.params=bf16")["bf16"] == {"enabled": True}
+    assert ds("precision=bf16", "precision.params=bf16")["bf16"] == {"enabled": True, "check_grad_overflow": True}
     fp16 = ds("precision=fp16", "trainer.device=cuda")["fp16"]
     assert fp16["enabled"] and fp16["loss_scale"] == 0
     c = ds("optim=adamw8bit", "optim.grad_clip=0.5")
