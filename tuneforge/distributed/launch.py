@@ -102,6 +102,9 @@ class LocalLauncher:
             print(f"ranks {stuck} did not stop within {self.spec.grace_s:.0f}s; killed", file=sys.stderr, flush=True)
 
 
+STOP_SIGNALS: list[str] = []  # stop signals this process received while ranks ran (a sweep stops after the job)
+
+
 @contextlib.contextmanager
 def _forwarding(signals, procs):
     """Forward `signals` received by this process to the ranks (main thread only: where Python handles signals)."""
@@ -110,6 +113,7 @@ def _forwarding(signals, procs):
         return
 
     def forward(signum, frame):
+        STOP_SIGNALS.append(signal.Signals(signum).name)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)

@@ -33,6 +33,12 @@ class Metrics:
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, row["step"])
 
+    def truncate(self, step: int) -> None:
+        """Drop rows after `step` (a resumed run logs those steps again)."""
+        if self.enabled and self.path.is_file():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -322,7 +322,7 @@ def load(engine, path: Path, lm, universal: bool = False) -> dict:
     if universal:
         client = _load_universal(engine, source)
     else:
-        _, client = engine.load_checkpoint(str(path), tag=path.name, load_module_strict=False)
+        _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False)
     if (path / FROZEN).is_file():
         load_named(lm, path / FROZEN)
     rng_file = path / f"rng_rank{dist.rank()}.pt"  # a rank the checkpoint did not have keeps its seeded state

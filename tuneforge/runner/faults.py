@@ -9,6 +9,7 @@ Each fault names a point in the code where it fires:
     sigterm@step        send this process SIGTERM at the start of step N
     sigterm@micro       send this process SIGTERM after the first micro-batch of step N (mid-accumulation)
     die@step            exit this rank abruptly (os._exit(9)) at the start of step N
+    slow@step:ms=M      sleep M milliseconds at the start of every step (a run slow enough to interrupt)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 ENV = "TUNEFORGE_FAULTS"
 
@@ -33,7 +35,8 @@ def _parse() -> list[dict]:
     return out
 
 
-def active(kind: str, stage: str = "", step: int | None = None) -> bool:
+def active(kind: str, stage: str = "", step: int | None = None) -> dict | None:
+    """The first fault of `kind` at `stage` that applies to this rank and step (None: no fault)."""
     rank = int(os.environ.get("RANK", "0"))
     for f in _parse():
         if f["kind"] != kind or (f["stage"] and f["stage"] != stage):
@@ -46,8 +49,8 @@ def active(kind: str, stage: str = "", step: int | None = None) -> bool:
             lo, _, hi = f["steps"].partition("-")
             if step is None or not int(lo) <= step <= int(hi or lo):
                 continue
-        return True
-    return False
+        return f
+    return None
 
 
 def at_save(stage: str, step: int) -> None:
@@ -66,6 +69,9 @@ def at_step(step: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     if active("die", "step", step):
         os._exit(9)
+    slow = active("slow", "step", step)
+    if slow:
+        time.sleep(int(slow.get("ms", "100")) / 1000)
 
 
 def at_micro(step: int, micro: int) -> None:

@@ -187,6 +187,7 @@ class Runner:
             client = checkpoint.load(self.engine, ckpt, self.objective.lm, universal)
             self.history = client.get("history", self.history)
             self.console.print(f"resumed from {ckpt} at step {self.step}")
+            self.metrics.truncate(self.step)
         elif self.t.resume == "auto":
             self.console.print("resume=auto: no checkpoint in the run directory, starting fresh")
 
@@ -307,6 +308,10 @@ class Runner:
         for hook in (old.module_forward_pre_hook, old.module_forward_post_hook):  # destroy() leaves these
             if hook is not None:
                 hook.remove()
+        for p in self.objective.parameters():  # links DeepSpeed leaves on parameters: the old optimizer, fp32 views
+            for attr in ("_z3_optimizer", "_zero_optimizer", "_hp_mapping"):
+                if attr in p.__dict__:
+                    setattr(p, attr, None)
         released = weakref.ref(old.optimizer)
         self.engine = self.optimizer = self.scheduler = old = None
         gc.collect()

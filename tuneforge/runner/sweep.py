@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneforge.config.compose import compose, expand_sweep
+from tuneforge.distributed import launch
 from tuneforge.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, InputError
 from tuneforge.logging import secrets
 from tuneforge.logging.console import fmt_duration
@@ -49,7 +50,7 @@ def run_sweep(overrides: list[str]) -> int:
     resume = cfgs[0].trainer.resume == "auto"
     root = sweep_dir(cfgs[0].trainer.output_dir, [_identity(j) for j in jobs], resume)
     console.print(f"[bold]sweep[/]: {len(jobs)} jobs -> {root}")
-    results = []
+    results, stopped = [], False
     for i, (job, cfg) in enumerate(zip(jobs, cfgs)):
         job_dir = root / f"{i}_{_slug(job)}"
         console.print(f"[{i + 1}/{len(jobs)}] {' '.join(job) or '(defaults)'} ... ", end="")
@@ -63,13 +64,14 @@ def run_sweep(overrides: list[str]) -> int:
         console.print(("[green]" if code == 0 else "[red]") + f"{result['status']}[/] ({fmt_duration(time.time() - t0)})"
                       + ("" if code == 0 else f": see {job_dir / 'train.log'}"))
         results.append(result)
-        if code == EXIT_PREEMPTED:
+        stopped = code == EXIT_PREEMPTED or bool(launch.STOP_SIGNALS)  # a signal that came as a job ended, too
+        if stopped:
             console.print("[yellow]sweep pre-empted: run the same command with trainer.resume=auto to continue[/]")
             break
     (root / "sweep_summary.json").write_text(json.dumps(secrets.redact_json(results), indent=2))
     console.print(_table(results))
     console.print(f"sweep summary: {root / 'sweep_summary.json'}")
-    if any(r["exit_code"] == EXIT_PREEMPTED for r in results):
+    if stopped:
         return EXIT_PREEMPTED
     return EXIT_OK if all(r["exit_code"] == 0 for r in results) else EXIT_FAILED
 

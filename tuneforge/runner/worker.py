@@ -3,6 +3,7 @@ re-composes) and runs it. Launchers start one per rank with RANK / WORLD_SIZE / 
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ def main(argv: list[str]) -> int:
     from tuneforge.runner.runner import Runner
 
     run_dir = Path(argv[0])
+    for sig in (signal.SIGTERM, signal.SIGUSR1):  # a stop signal after the run has finished changes nothing
+        signal.signal(sig, signal.SIG_IGN)
     return Runner(load_run_config(run_dir), run_dir).run()
 
 
