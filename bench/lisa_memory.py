@@ -1,6 +1,7 @@
 """LISA vs LoRA vs full fine-tuning on SmolLM2-135M: peak memory, throughput, and quality at equal steps.
 
-    .venv/bin/python bench/lisa_memory.py [--steps 10] [--quality-steps 30] [--skip-quality] [key=value ...]
+    .venv/bin/python bench/lisa_memory.py [--steps 10] [--quality-steps 30] [--skip-quality] [--layouts "ZeRO-0 x1"]
+                                          [key=value ...]
 
 Memory/throughput: the quickstart data, global batch 16 (micro 8), for each method under ZeRO-0 x 1 rank
 (grad_accum 2), ZeRO-2 x 2 ranks and ZeRO-3 x 2 ranks. Peak memory is rank 0's peak RSS (CPU) or peak allocated
@@ -37,11 +38,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--quality-steps", type=int, default=30)
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated subset of: " + ", ".join(LAYOUTS))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     common = ["recipe=quickstart", "trainer.micro_batch_size=8", "trainer.eval_at_start=false", *args.overrides]
     rows = []
-    for layout, lay in LAYOUTS.items():
+    for layout in args.layouts.split(","):
+        lay = LAYOUTS[layout]
         for method, m in METHODS.items():
             s, metrics = read(train(*common, *lay, *m, f"trainer.max_steps={args.steps}", "data.n_eval=4"))
             tps = [r["tokens_per_s"] for r in metrics if "tokens_per_s" in r][1:]  # skip the warm-up step
