@@ -44,6 +44,7 @@ ROWS: dict[str, Row] = {
     "full": Row(["peft=full"], r".", merges=False, zero2=False),
     "freeze": Row(["peft=freeze", "peft.layers=[-1]"], r"^model\.layers\.1\.", merges=False, zero2=False),
     "lora": Row(["peft=lora", "peft.r=4"], r"\.lora_[AB]\."),
+    "corda": Row(["peft=corda", "peft.r=4", "peft.n_samples=8"], r"\.lora_[AB]\."),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]

@@ -39,6 +39,12 @@ def cross_axis_problems(specs: dict) -> list[str]:
         out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
     if specs["peft"].name == "lisa":
         out += _lisa_problems(specs)
+    if specs["peft"].name == "corda" and z.stage == 3:
+        out.append("peft=corda with ZeRO-3: the decomposition needs each full weight matrix when the model is built, "
+                   "and ZeRO-3 partitions weights as they load; use zero=zero2 (or zero2_offload)")
+    if specs["quant"].name != "none" and specs["peft"].name == "corda":
+        out.append(f"peft=corda with quant={specs['quant'].name}: CorDA decomposes full-precision weights (PEFT refuses "
+                   "quantized ones); use quant=none")
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")

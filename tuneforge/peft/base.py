@@ -27,13 +27,15 @@ from torch import nn
 @dataclass
 class MethodContext:
     """What a method may use while it is applied: the run's seed and tokenizer, the tokenized training
-    samples (empty when a finished run is rebuilt for eval/export), the run directory (caches), all specs."""
+    samples (empty when a finished run is rebuilt for eval/export), the run directory (caches), all specs, and
+    `log(text)` for progress of long preparation (e.g. calibration; None: silent)."""
 
     seed: int = 0
     tokenizer: Any = None
     train_samples: list = field(default_factory=list)
     run_dir: Path | None = None
     specs: dict = field(default_factory=dict)
+    log: Any = None
 
 
 class TuningMethod:

@@ -166,7 +166,7 @@ class Runner:
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)
         ctx = MethodContext(seed=self.t.seed, tokenizer=self.tok, train_samples=self.train_samples,
-                            run_dir=self.run_dir, specs=self.specs)
+                            run_dir=self.run_dir, specs=self.specs, log=self.console.print)
         model, self.method = build_lm(self.specs, self.tok, ctx, zero3=self.zero3)
         self.objective = CausalLM(model)
         n_train, n_all = count(model)
