@@ -9,6 +9,8 @@ For each row, on the tiny Llama built the way a run builds it (load -> quantize 
 - merged == unmerged outputs within 1e-5 (fp32) where the method merges into the base weights;
 - a real run under DeepSpeed ZeRO-2 with 2 ranks (gloo on CPU) trains and exports a model that
   `AutoModelForCausalLM.from_pretrained` loads and that reproduces the run's own logits.
+A method with variants (e.g. one model per task) is merged and exported per variant, each checked the same way;
+a row's data may carry task ids (multi-task), which route the forwards of a model that routes per sample.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tuneforge.data.batching import collate
 from tuneforge.data.encode import encode
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, trainable
+from tuneforge.peft.routing import set_tasks
 from tuneforge.runner.model import build
 from tuneforge.runner.objective import CausalLM
 from tuneforge.runner.weights import load_named, save_named
@@ -44,6 +47,9 @@ ROWS: dict[str, Row] = {
     "full": Row(["peft=full"], r".", merges=False, zero2=False),
     "freeze": Row(["peft=freeze", "peft.layers=[-1]"], r"^model\.layers\.1\.", merges=False, zero2=False),
     "lora": Row(["peft=lora", "peft.r=4"], r"\.lora_[AB]\."),
+    "corda": Row(["peft=corda", "peft.r=4", "peft.n_samples=8"], r"\.lora_[AB]\."),
+    "mtlora": Row(["peft=mtlora", "peft.r=4", "peft.task_r=2", "data.ops=[+,-]", "data.tasks=[add,sub]"],
+                  r"\.(shared|task)_[AB]\."),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]
@@ -79,6 +85,11 @@ def train(model, method, batch, steps: int = STEPS) -> list[float]:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     return losses
+
+
+def logits(model, batch) -> torch.Tensor:
+    set_tasks(model, batch.get("task_ids"))
+    return model(input_ids=batch["input_ids"]).logits
 
 
 def tensors(model) -> dict[str, torch.Tensor]:
@@ -124,14 +135,14 @@ def test_save_load_round_trip(row, tmp_path):
     save_named(model, path, method.trained_names(model))
     model.eval()
     with torch.no_grad():
-        want = model(input_ids=batch["input_ids"]).logits
+        want = logits(model, batch)
     torch.manual_seed(specs["trainer"].seed)
     rebuilt, method2 = build(specs, tok, ctx)
     method2.load_state_dict(method.state_dict())
     load_named(rebuilt, path, method.trained_names(model))
     rebuilt.eval()
     with torch.no_grad():
-        got = rebuilt(input_ids=batch["input_ids"]).logits
+        got = logits(rebuilt, batch)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -142,11 +153,17 @@ def test_merged_equals_unmerged(row, tmp_path):
     model, method, batch, *_ = make(r, tmp_path)
     train(model, method, batch)
     model.eval()
-    with torch.no_grad():
-        want = model(input_ids=batch["input_ids"]).logits
-        merged = method.merged(model)
-        got = merged(input_ids=batch["input_ids"]).logits
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for variant in method.variants() or [None]:
+        with torch.no_grad():
+            if variant is None:
+                want = logits(model, batch)
+                merged = method.merged(model)
+            else:
+                method.use_variant(model, variant)
+                want = model(input_ids=batch["input_ids"]).logits
+                merged = method.merged(model, variant)
+            got = merged(input_ids=batch["input_ids"]).logits
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{name} {variant or ''}")
 
 
 def test_zero2_two_ranks_trains_and_exports(row, tmp_path):
@@ -163,7 +180,11 @@ def test_zero2_two_ranks_trains_and_exports(row, tmp_path):
     assert summary(run)["status"] == "completed"
     ok(tuneforge("export", f"run_dir={run}", cwd=tmp_path))
     probe = load_file(str(run / "final" / "probe.safetensors"))
-    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
-    with torch.no_grad():
-        logits = model(input_ids=probe["input_ids"]).logits
-    torch.testing.assert_close(logits, probe["logits"], rtol=1e-4, atol=1e-4)
+    keys = [k for k in probe if k.startswith("logits")]  # logits, or logits.<variant> per exported variant
+    assert keys
+    for key in keys:
+        variant = key.partition(".")[2]
+        model = AutoModelForCausalLM.from_pretrained(run / "export" / variant).eval()
+        with torch.no_grad():
+            got = model(input_ids=probe["input_ids"]).logits
+        torch.testing.assert_close(got, probe[key], rtol=1e-4, atol=1e-4, msg=f"{name} {variant}")

@@ -39,6 +39,14 @@ def cross_axis_problems(specs: dict) -> list[str]:
         out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
     if specs["peft"].name == "lisa":
         out += _lisa_problems(specs)
+    if specs["peft"].name == "corda" and z.stage == 3:
+        out.append("peft=corda with ZeRO-3: the decomposition needs each full weight matrix when the model is built, "
+                   "and ZeRO-3 partitions weights as they load; use zero=zero2 (or zero2_offload)")
+    if specs["quant"].name != "none" and specs["peft"].name == "corda":
+        out.append(f"peft=corda with quant={specs['quant'].name}: CorDA decomposes full-precision weights (PEFT refuses "
+                   "quantized ones); use quant=none")
+    if specs["peft"].name == "mtlora":
+        out += mtlora_problems(specs["peft"].tasks, specs["data"].tasks)
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")
@@ -73,3 +81,13 @@ def cross_axis_warnings(specs: dict) -> list[str]:
         out.append(f"precision={p.name} on a CPU without AMX/AVX512-BF16: bf16 matmuls are emulated and can be "
                    "~100x slower than fp32 here; precision=fp32 is faster on this machine")
     return out
+
+
+def mtlora_problems(peft_tasks: list, data_tasks: list) -> list[str]:
+    if not data_tasks:
+        return ["peft=mtlora needs multi-task data: set data.task_field=<field> and data.tasks=[task1,task2,...] "
+                "(data=quickstart: data.ops=[+,-] data.tasks=[add,sub])"]
+    if peft_tasks and list(peft_tasks) != list(data_tasks):
+        return [f"peft.tasks={list(peft_tasks)} differs from data.tasks={list(data_tasks)}: one task module per data "
+                "task, in the same order; drop peft.tasks (it follows data.tasks)"]
+    return []

@@ -30,6 +30,7 @@ class Sample:
     source: str = ""
     position_ids: Optional[list[int]] = None  # set for packed sequences
     segments: Optional[list[int]] = None  # packed: 1, 2, ... per sample, 0 for padding
+    task: Optional[int] = None  # multi-task data: index of the example's task in data.tasks
 
     @property
     def trained_tokens(self) -> int:
@@ -97,7 +98,8 @@ def encode(examples: list[Example], tok, spec: DataSpec, report: RowReport) -> l
         if all(t == IGNORE for t in labels[1:]):
             report.add("no trained tokens (empty or truncated-away response)", ex.source)
             continue
-        out.append(Sample(ids, labels, ex.source))
+        task = spec.tasks.index(ex.task) if ex.task is not None else None
+        out.append(Sample(ids, labels, ex.source, task=task))
     if too_long:
         more = f" (+{len(too_long) - 5} more)" if len(too_long) > 5 else ""
         raise InputError([f"{len(too_long)} samples exceed data.max_length={spec.max_length} "

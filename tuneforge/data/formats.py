@@ -38,6 +38,10 @@ class Format:
         for loc, row in rows:
             try:
                 ex = self.to_example(row)
+                if self.spec.task_field:
+                    ex.task = field_text(row, self.spec.task_field)
+                    if ex.task not in self.spec.tasks:
+                        raise BadRow(f"task '{ex.task}' is not in data.tasks")
             except BadRow as e:
                 report.add(str(e), loc)
                 continue

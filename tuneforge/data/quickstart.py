@@ -10,7 +10,7 @@ import random
 
 from tuneforge.data.formats import Format, Loaded
 from tuneforge.data.rows import Example, RowReport
-from tuneforge.data.spec import QuickstartSpec
+from tuneforge.data.spec import TASK_OPS, QuickstartSpec
 from tuneforge.registry import register
 
 NAMES = ("Tom", "Ana", "Ravi", "Mei", "Sara", "Leo", "Omar", "Ines")
@@ -42,6 +42,11 @@ def problem(rng: random.Random, digits: int, ops: list[str]) -> tuple[tuple, Exa
     return (op, a, b), ex
 
 
+def label(spec: QuickstartSpec, op: str):
+    """With data.tasks (add, sub), each problem's task is its operation."""
+    return next((t for t in spec.tasks if TASK_OPS[t] == op), None) if spec.tasks else None
+
+
 @register("data", "quickstart", config=QuickstartSpec)
 class Quickstart(Format):
     def load(self, seed: int) -> Loaded:
@@ -52,12 +57,14 @@ class Quickstart(Format):
             key, ex = problem(rng, s.digits, s.ops)
             if key not in held:
                 held.add(key)
+                ex.task = label(s, key[0])
                 ex.source = f"quickstart:eval:{len(evals)}"
                 evals.append(ex)
         train = []
         while len(train) < s.n_train:
             key, ex = problem(rng, s.digits, s.ops)
             if key not in held:
+                ex.task = label(s, key[0])
                 ex.source = f"quickstart:train:{len(train)}"
                 train.append(ex)
         report = RowReport()

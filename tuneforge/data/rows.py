@@ -18,6 +18,7 @@ class Example:
     messages: Optional[list[dict]] = None  # chat turns {role, content}; assistant turns are trained
     text: Optional[str] = None  # plain text; every token is trained
     answer: Optional[str] = None  # reference answer for the checker
+    task: Optional[str] = None  # multi-task data: the example's task name (data.task_field / data.tasks)
     source: str = ""  # file:line
 
 

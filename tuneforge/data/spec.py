@@ -21,9 +21,11 @@ class DataSpec(Spec):
     limit: int = knob(0, "use at most this many rows of path (0: all)")
     system_prompt: Optional[str] = knob(None, "system message added to chat samples that have none")
     checker: str = knob("none", "answer checker for generation-based exact match: none, number, exact")
+    task_field: Optional[str] = knob(None, "multi-task data: field naming each row's task (one of data.tasks)")
+    tasks: list[str] = knob([], "multi-task data: the task names, in id order; eval reports loss/exact match per task")
 
     def problems(self):
-        out = one_of(self, "overlength", ("drop", "truncate", "error")) + one_of(self, "bad_rows", ("skip", "error"))
+        out = self.task_problems() + one_of(self, "overlength", ("drop", "truncate", "error")) + one_of(self, "bad_rows", ("skip", "error"))
         out += one_of(self, "checker", ("none", "number", "exact"))
         out += positive(self, "max_length") + positive(self, "limit", "eval_split", allow_zero=True)
         if self.needs_path and not self.path:
@@ -32,6 +34,16 @@ class DataSpec(Spec):
         return out
 
     needs_path = True
+
+    def task_problems(self) -> list[str]:
+        out = []
+        if self.task_field and not self.tasks:
+            out.append(f"task_field={self.task_field!r} needs the task names: set data.tasks=[name1,name2,...]")
+        if len(set(self.tasks)) != len(self.tasks):
+            out.append(f"tasks={self.tasks} lists a task twice")
+        if self.tasks and self.packing:
+            out.append("packing=true with data.tasks: a packed sequence would mix tasks; set data.packing=false")
+        return out
 
 
 @dataclass
@@ -91,4 +103,10 @@ class QuickstartSpec(DataSpec):
     def problems(self):
         out = super().problems() + positive(self, "n_train", "n_eval", "digits")
         bad = [o for o in self.ops if o not in ("+", "-")]
-        return out + ([f"ops {bad} not supported: use + and -"] if bad else [])
+        out += [f"ops {bad} not supported: use + and -"] if bad else []
+        missing = [t for t in self.tasks if TASK_OPS.get(t) not in self.ops]
+        return out + ([f"tasks {missing}: quickstart tasks are add (+) and sub (-), each needing its op in data.ops"]
+                      if missing else [])
+
+
+TASK_OPS = {"add": "+", "sub": "-"}  # quickstart: with data.tasks, each problem is labelled by its operation

@@ -13,6 +13,9 @@
     merged(model)         a plain Hugging Face model for export (adapters merged into the weights)
     save_adapter(model, path) -> bool
                           write a PEFT adapter directory if the method has one
+    variants()            optional: names of models exported side by side (export/<name>/, e.g. one per task);
+                          merged(model, variant) / save_adapter(model, path, variant) then build each, and
+                          use_variant(model, variant) makes the unmerged model compute as that variant (probes)
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from torch import nn
 @dataclass
 class MethodContext:
     """What a method may use while it is applied: the run's seed and tokenizer, the tokenized training
-    samples (empty when a finished run is rebuilt for eval/export), the run directory (caches), all specs."""
+    samples (empty when a finished run is rebuilt for eval/export), the run directory (caches), all specs, and
+    `log(text)` for progress of long preparation (e.g. calibration; None: silent)."""
 
     seed: int = 0
     tokenizer: Any = None
     train_samples: list = field(default_factory=list)
     run_dir: Path | None = None
     specs: dict = field(default_factory=dict)
+    log: Any = None
 
 
 class TuningMethod:
@@ -60,6 +65,12 @@ class TuningMethod:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def variants(self) -> list[str]:
+        return []
+
+    def use_variant(self, model: nn.Module, variant: str) -> None:
         pass
 
     def merged(self, model: nn.Module) -> nn.Module:

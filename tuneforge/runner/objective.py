@@ -15,6 +15,7 @@ from torch import nn
 from tuneforge.data.batching import packed_attention_mask
 from tuneforge.data.encode import IGNORE
 from tuneforge.models.layers import unwrap
+from tuneforge.peft.routing import set_tasks
 
 # Model types whose CausalLM forward is exactly lm_head(decoder(...)) (no logit soft-capping or scaling,
 # no auxiliary router loss), so computing the head on a subset of positions is exact.
@@ -35,7 +36,9 @@ class CausalLM(nn.Module):
         dtype = None if impl == "sdpa" else next(self.lm.parameters()).dtype
         return packed_attention_mask(segments, dtype)
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, segments=None, reduction="mean"):
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, segments=None, reduction="mean",
+                task_ids=None):
+        set_tasks(self.lm, task_ids)  # multi-task batches: route each sample to its task's modules
         mask = self._mask(attention_mask, segments)
         target = labels[:, 1:]
         keep = target != IGNORE

@@ -39,7 +39,7 @@ def eval_run(run_dir: Path) -> dict:
     examples = loaded.eval[: t.eval_max_samples or None]
     samples = encode(examples, tok, data, loaded.report)
     autocast = registry.build("precision", specs["precision"]).autocast("cpu")
-    row = evaluate.eval_loss(CausalLM(model), samples, t.eval_batch_size, tok.pad_token_id, "cpu", autocast)
+    row = evaluate.eval_loss(CausalLM(model), samples, t.eval_batch_size, tok.pad_token_id, "cpu", autocast, data.tasks)
     if data.checker != "none":
         row.update(evaluate.exact_match(model, tok, examples, data, t.eval_batch_size, t.max_new_tokens, "cpu",
                                         autocast, synced=False)[0])
@@ -48,13 +48,16 @@ def eval_run(run_dir: Path) -> dict:
 
 
 def export_run(run_dir: Path) -> Path:
-    """<run_dir>/export: the merged Hugging Face model (+ tokenizer); <run_dir>/export/adapter for adapters."""
+    """<run_dir>/export: the merged Hugging Face model (+ tokenizer); <run_dir>/export/adapter for adapters.
+    A method with variants (e.g. one model per task) exports each to <run_dir>/export/<variant>/ the same way."""
     _, tok, model, method = rebuild(run_dir)
     out = Path(run_dir) / "export"
-    out.mkdir(exist_ok=True)
-    method.save_adapter(model, out / "adapter")
-    merged = method.merged(model)
-    with torch.no_grad():
-        merged.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    for variant in method.variants() or [None]:
+        dest, kw = (out, {}) if variant is None else (out / variant, {"variant": variant})
+        dest.mkdir(parents=True, exist_ok=True)
+        method.save_adapter(model, dest / "adapter", **kw)
+        merged = method.merged(model, **kw)
+        with torch.no_grad():
+            merged.save_pretrained(str(dest))
+        tok.save_pretrained(str(dest))
     return out

@@ -166,7 +166,7 @@ class Runner:
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)
         ctx = MethodContext(seed=self.t.seed, tokenizer=self.tok, train_samples=self.train_samples,
-                            run_dir=self.run_dir, specs=self.specs)
+                            run_dir=self.run_dir, specs=self.specs, log=self.console.print)
         model, self.method = build_lm(self.specs, self.tok, ctx, zero3=self.zero3)
         self.objective = CausalLM(model)
         n_train, n_all = count(model)
@@ -327,7 +327,7 @@ class Runner:
         self.engine.module.eval()
         t0, row = time.time(), {"step": self.step}
         row.update(evaluate.eval_loss(self.objective, self.eval_samples, self.t.eval_batch_size,
-                                      self.tok.pad_token_id, self.device, self.autocast()))
+                                      self.tok.pad_token_id, self.device, self.autocast(), self.specs["data"].tasks))
         shown = []
         if self.specs["data"].checker != "none":
             em, shown = evaluate.exact_match(self.objective.lm, self.tok, self.eval_examples, self.specs["data"],
@@ -340,6 +340,11 @@ class Runner:
         em = f" exact_match {row['exact_match']:.1%} (n={row['eval_n']})" if "exact_match" in row else ""
         self.console.print(f"eval @ step {self.step}: loss {row['eval_loss']:.4f} ppl {row['eval_ppl']:.2f}{em} "
                            f"({time.time() - t0:.1f}s)")
+        per_task = [(k.split("/", 1)[1], v) for k, v in row.items() if k.startswith("eval_loss/")]
+        if per_task:
+            self.console.print("  per task: " + "; ".join(
+                f"{name} loss {v:.4f}" + (f" em {row[f'exact_match/{name}']:.1%}" if f"exact_match/{name}" in row else "")
+                for name, v in per_task))
         for q, a, ok in shown:
             self.console.print(f"  {'[green]✓[/]' if ok else '[red]✗[/]'} {q[:70]!r} -> {a[:40]!r}")
         return row
@@ -361,10 +366,14 @@ class Runner:
 
         ids = torch.tensor([(self.eval_samples or self.train_samples)[0].input_ids[:32]], device=self.device)
         self.engine.module.eval()
-        with torch.no_grad():
-            logits = self.objective.lm(input_ids=ids).logits.float().cpu()
+        probe = {"input_ids": ids.cpu()}
+        for variant in self.method.variants() or [None]:  # e.g. one model per task: logits.<task>
+            if variant is not None:
+                self.method.use_variant(self.objective.lm, variant)
+            with torch.no_grad():
+                probe["logits" if variant is None else f"logits.{variant}"] = self.objective.lm(input_ids=ids).logits.float().cpu()
         if dist.is_main():
-            save_file({"input_ids": ids.cpu(), "logits": logits}, str(final / "probe.safetensors"))
+            save_file(probe, str(final / "probe.safetensors"))
 
     def _console(self) -> Console:
         if not hasattr(self, "console"):

@@ -16,6 +16,7 @@ from tuneforge.errors import InputError
 NEEDS = {
     ("zero", "zero3_nvme"): ["zero.nvme_path=/tmp"],
     ("precision", "fp16"): ["trainer.device=cuda"],
+    ("peft", "mtlora"): ["data.ops=[+,-]", "data.tasks=[add,sub]"],  # multi-task data
     **{("data", n): [f"data.path=pkg://tuneforge/data/examples/{n}.{'txt' if n == 'text' else 'jsonl'}"]
        for n in ("jsonl", "alpaca", "sharegpt", "chat", "qa", "text")},
 }

@@ -1,0 +1,127 @@
+"""`peft=corda`: CorDA, context-oriented decomposition adaptation (Yang et al., 2024, arXiv 2406.05223), through
+Hugging Face PEFT (`init_lora_weights="corda"`, `peft.tuners.lora.corda.preprocess_corda`).
+
+Per target linear W (d_out x d_in), with C = X^T X the covariance of its inputs over calibration samples
+(Sec. 3.1): W C = U S V^T (SVD), and W = (W C) C^{-1} = U S (C^{-1} V)^T = sum_i s_i u_i v_i^T C^{-1}.
+The components are split by rank r (Sec. 3.2):
+- IPM, instruction-previewed (`peft.mode=ipm`): C from the task's own training samples; the adapter is built
+  from the TOP-r components, B = U_r sqrt(S_r), A = sqrt(S_r) (C^{-1} V_r)^T (Eq. 5), and learns the task
+  context; the residual W - B A is frozen.
+- KPM, knowledge-preserved (`peft.mode=kpm`): C from a separate knowledge dataset (`peft.knowledge_data`, e.g.
+  TriviaQA); the adapter takes the BOTTOM-r components (least used by that knowledge), the frozen residual keeps
+  the top ones, so fine-tuning disturbs the knowledge least.
+(PEFT folds alpha / r into S so that residual + (alpha / r) B A == W exactly at init.)
+
+PEFT's hooks accumulate each layer's X^T X in fp32 sample by sample: memory is bounded by the per-layer
+d_in x d_in matrices, not by the sample count. tuneforge streams the calibration samples one at a time
+(batch 1, no padding: PEFT's hook expects one sequence) through the decoder, reports progress on the run's
+console, and caches the cropped decomposition in <run_dir>/corda/: a resume, `tuneforge eval` and
+`tuneforge export` reuse it and rebuild the same residual and adapter bit for bit. With several ranks, rank 0
+calibrates and writes the cache, the others load it (raise `trainer.dist_timeout_s` for very long calibrations).
+`export/adapter` is converted to a plain LoRA adapter over the original base model (PEFT's
+`path_initial_model_for_weight_conversion`, rank 2r), from the initial adapter saved in <run_dir>/corda/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tuneforge import registry
+from tuneforge.distributed import dist
+from tuneforge.errors import InputError
+from tuneforge.models.layers import unwrap
+from tuneforge.peft.corda.spec import CordaSpec
+from tuneforge.peft.lora.apply import Lora
+from tuneforge.registry import register
+
+
+def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
+    """PEFT's `all-linear` expanded to module-name suffixes (preprocess_corda matches names, not `all-linear`)."""
+    if list(targets) != ["all-linear"]:
+        return list(targets)
+    head = unwrap(model).get_output_embeddings()
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head})
+
+
+@register("peft", "corda", config=CordaSpec)
+class Corda(Lora):
+    def apply(self, model, ctx):
+        from peft import get_peft_model
+        from peft.tuners.lora.config import CordaConfig
+        from peft.tuners.lora.corda import preprocess_corda
+
+        s = self.spec
+        folder = Path(ctx.run_dir) / "corda" if ctx.run_dir is not None else None
+        cache = folder / f"{s.mode}_r{s.r}_{self.fingerprint(ctx)}.pt" if folder else None
+        self.initial = folder / "initial_adapter" if folder else None
+        config = self.lora_config(init_lora_weights="corda", corda_config=CordaConfig(
+            corda_method=s.mode, cache_file=str(cache) if cache else None, verbose=False))
+        config.target_modules = set(linear_names(model, s.target_modules))
+        log = ctx.log or (lambda *_: None)
+        if cache is not None and cache.exists():
+            log(f"corda: decomposition from cache {cache}")
+            preprocess_corda(model, config)
+        else:
+            if dist.is_main() or cache is None:
+                preprocess_corda(model, config, run_model=self.calibration(model, ctx, log))
+            dist.barrier()
+            if not dist.is_main() and cache is not None:
+                preprocess_corda(model, config)  # rank 0's decomposition, exactly
+        peft_model = get_peft_model(model, config)
+        if self.initial is not None and dist.is_main() and not self.initial.exists():
+            peft_model.save_pretrained(str(self.initial))
+        return peft_model
+
+    def fingerprint(self, ctx) -> str:
+        """What the decomposition depends on: a cache built for other settings is never reused."""
+        key = {"peft": asdict(self.spec), "model": asdict(ctx.specs["model"]) if "model" in ctx.specs else None,
+               "data": asdict(ctx.specs["data"]) if "data" in ctx.specs and self.spec.mode == "ipm" else None}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def samples(self, ctx) -> list:
+        s = self.spec
+        if s.mode == "kpm":
+            from tuneforge.data.encode import encode
+
+            data = ctx.specs["data"]
+            spec = registry.entry("data", s.knowledge_format).config(
+                name=s.knowledge_format, path=s.knowledge_data, eval_split=0, max_length=data.max_length)
+            loaded = registry.build("data", spec).load(ctx.seed)
+            pool = encode(loaded.train, ctx.tokenizer, spec, loaded.report)
+        else:
+            pool = list(ctx.train_samples)
+        if not pool:
+            raise InputError([f"peft=corda: no calibration samples and no cached decomposition in "
+                              f"{ctx.run_dir}/corda: train the run first (eval/export reuse its cache)"])
+        random.Random(ctx.seed).shuffle(pool)
+        return pool[: s.n_samples]
+
+    def calibration(self, model, ctx, log):
+        samples = self.samples(ctx)
+        decoder = unwrap(model).get_decoder()
+        device = next(model.parameters()).device
+        every = max(1, len(samples) // 10)
+
+        def run():
+            t0 = time.time()
+            log(f"corda: calibrating on {len(samples)} samples ({self.spec.mode}), covariance per target layer")
+            for i, sample in enumerate(samples, 1):
+                decoder(input_ids=torch.tensor([sample.input_ids], device=device), use_cache=False)
+                if i % every == 0 or i == len(samples):
+                    log(f"corda: calibration {i}/{len(samples)} samples ({time.time() - t0:.1f}s)")
+
+        return run
+
+    def save_adapter(self, model, path):
+        if self.initial is None or not self.initial.exists():
+            return False
+        model.save_pretrained(str(path), path_initial_model_for_weight_conversion=str(self.initial))
+        return True

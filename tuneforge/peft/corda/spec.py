@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from tuneforge.config.spec import knob, one_of, positive
+from tuneforge.peft.lora.spec import LoraSpec
+
+
+@dataclass
+class CordaSpec(LoraSpec):
+    name: str = knob("corda", "CorDA: LoRA initialised from a context-oriented SVD of each weight (HF PEFT)")
+    mode: str = knob("ipm", "ipm: adapter = top-r components of W C (learn the task, C from the train data); "
+                            "kpm: adapter = bottom-r components (preserve knowledge, C from peft.knowledge_data)")
+    n_samples: int = knob(256, "calibration samples streamed through the model to build each layer's covariance C")
+    knowledge_data: Optional[str] = knob(None, "kpm: file whose samples define the knowledge to preserve (e.g. TriviaQA)")
+    knowledge_format: str = knob("qa", "kpm: data format of knowledge_data (a data= option: qa, jsonl, alpaca, text, ...)")
+
+    def problems(self):
+        out = super().problems() + one_of(self, "mode", ("ipm", "kpm")) + positive(self, "n_samples")
+        if self.mode == "kpm" and not self.knowledge_data:
+            out.append("mode=kpm needs knowledge_data: set peft.knowledge_data=/path/to/knowledge.jsonl "
+                       "(e.g. TriviaQA rows; a sample ships as pkg://tuneforge/data/examples/qa.jsonl)")
+        return out

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.config.spec import Spec, knob, positive
+
+
+@dataclass
+class MtLoraSpec(Spec):
+    name: str = knob("mtlora", "MTLoRA: a shared (task-agnostic) LoRA plus one task-specific LoRA per task")
+    tasks: list[str] = knob([], "task names, in id order: [] follows data.tasks; if set, must equal data.tasks")
+    r: int = knob(8, "rank of the shared adapter")
+    task_r: int = knob(8, "rank of each task-specific adapter")
+    alpha: float = knob(16.0, "scaling numerator: the update is (alpha / r) B A + (alpha / task_r) B_t A_t")
+    dropout: float = knob(0.0, "dropout on the adapter input")
+    target_modules: list[str] = knob(["all-linear"], "module names to adapt, or ['all-linear'] (every linear but the head)")
+
+    def problems(self):
+        out = positive(self, "r", "task_r", "alpha")
+        if not 0 <= self.dropout < 1:
+            out.append(f"dropout={self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            out.append("target_modules is empty: list module names or use ['all-linear']")
+        if len(set(self.tasks)) != len(self.tasks):
+            out.append(f"tasks={self.tasks} lists a task twice")
+        return out
