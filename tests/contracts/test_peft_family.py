@@ -44,6 +44,13 @@ ROWS: dict[str, Row] = {
     "full": Row(["peft=full"], r".", merges=False, zero2=False),
     "freeze": Row(["peft=freeze", "peft.layers=[-1]"], r"^model\.layers\.1\.", merges=False, zero2=False),
     "lora": Row(["peft=lora", "peft.r=4"], r"\.lora_[AB]\."),
+    "qlora": Row(["peft=qlora", "quant=nf4", "peft.r=4"], r"\.lora_[AB]\."),
+    "dora": Row(["peft=dora", "peft.r=4"], r"\.(lora_[AB]|lora_magnitude_vector)\."),
+    "rslora": Row(["peft=rslora", "peft.r=4"], r"\.lora_[AB]\."),
+    "pissa": Row(["peft=pissa", "peft.r=4"], r"\.lora_[AB]\."),
+    "loraplus": Row(["peft=loraplus", "peft.r=4"], r"\.lora_[AB]\."),
+    "miss": Row(["peft=miss", "peft.r=16"], r"\.miss_block\."),
+    "bone": Row(["peft=bone", "peft.r=16"], r"\.miss_block\."),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]

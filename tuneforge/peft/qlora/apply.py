@@ -21,7 +21,8 @@ from tuneforge.registry import register
 
 def checkpointing(model) -> bool:
     """Whether the runner enabled gradient checkpointing (transformers 5 renamed the flag)."""
-    return bool(getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing)
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name))
 
 
 @register("peft", "qlora", config=QLoraSpec)
