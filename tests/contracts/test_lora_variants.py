@@ -44,10 +44,11 @@ def test_qlora_base_is_nf4_linear4bit_frozen_double_quantized(precision, dtype):
 
 def test_nf4_cross_axis_checks_name_the_fix():
     for overrides, fix in [(["peft=qlora"], "add quant=nf4"), (["peft=lora", "quant=nf4"], "use peft=qlora"),
-                           (["peft=qlora", "quant=nf4", "zero=zero3"], "use zero=zero2")]:
+                           (["model=smollm2_135m", "peft=qlora", "quant=nf4", "zero=zero3"], "use zero=zero2")]:
         with pytest.raises(InputError) as e:
             compose([*TINY, *overrides])
         assert fix in e.value.render(), e.value.render()
+    compose([*TINY, "peft=qlora", "quant=nf4", "zero=zero3"])  # a model built from its config quantizes, then shards
 
 
 def test_qlora_tiny_recipe_learns_and_exports_a_dequantized_model(tmp_path):

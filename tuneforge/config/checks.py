@@ -54,9 +54,9 @@ def _nf4_problems(specs: dict) -> list[str]:
     if q == "nf4" and peft not in ("qlora", "full"):
         out.append(f"quant=nf4 with peft={peft}: 4-bit bases are trained with peft=qlora (LoRA prepared for k-bit "
                    "training, exported dequantized); use peft=qlora, or quant=none")
-    if q == "nf4" and specs["zero"].stage == 3:
-        out.append("quant=nf4 cannot run under ZeRO-3: DeepSpeed would partition bitsandbytes' packed 4-bit "
-                   "weights (Params4bit), losing their quantization state; use zero=zero2 (or zero0/zero1)")
+    if q == "nf4" and specs["zero"].stage == 3 and specs["model"].init == "pretrained":
+        out.append("quant=nf4 with a pretrained model under ZeRO-3: its weights load straight into ZeRO-3 partitions "
+                   "(zero.Init), which cannot be quantized layer by layer; use zero=zero2 (or zero0/zero1)")
     return out
 
 
