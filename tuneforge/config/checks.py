@@ -46,7 +46,7 @@ def cross_axis_problems(specs: dict) -> list[str]:
 
 
 def _nf4_problems(specs: dict) -> list[str]:
-    """QLoRA = peft=qlora on quant=nf4; bitsandbytes' packed 4-bit weights cannot be ZeRO-3 partitioned."""
+    """QLoRA = peft=qlora on quant=nf4; a pretrained base cannot be quantized inside ZeRO-3 partitions."""
     q, peft, out = specs["quant"].name, specs["peft"].name, []
     if peft == "qlora" and q != "nf4":
         out.append(f"peft=qlora needs a 4-bit base: add quant=nf4 (the qlora recipes set it), or use peft=lora "
