@@ -50,6 +50,13 @@ ROWS: dict[str, Row] = {
     "corda": Row(["peft=corda", "peft.r=4", "peft.n_samples=8"], r"\.lora_[AB]\."),
     "mtlora": Row(["peft=mtlora", "peft.r=4", "peft.task_r=2", "data.ops=[+,-]", "data.tasks=[add,sub]"],
                   r"\.(shared|task)_[AB]\."),
+    "qlora": Row(["peft=qlora", "quant=nf4", "peft.r=4"], r"\.lora_[AB]\."),
+    "dora": Row(["peft=dora", "peft.r=4"], r"\.(lora_[AB]|lora_magnitude_vector)\."),
+    "rslora": Row(["peft=rslora", "peft.r=4"], r"\.lora_[AB]\."),
+    "pissa": Row(["peft=pissa", "peft.r=4"], r"\.lora_[AB]\."),
+    "loraplus": Row(["peft=loraplus", "peft.r=4"], r"\.lora_[AB]\."),
+    "miss": Row(["peft=miss", "peft.r=16"], r"\.miss_block\."),
+    "bone": Row(["peft=bone", "peft.r=16"], r"\.miss_block\."),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]

@@ -50,6 +50,21 @@ def cross_axis_problems(specs: dict) -> list[str]:
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")
+    return out + _nf4_problems(specs)
+
+
+def _nf4_problems(specs: dict) -> list[str]:
+    """QLoRA = peft=qlora on quant=nf4; a pretrained base cannot be quantized inside ZeRO-3 partitions."""
+    q, peft, out = specs["quant"].name, specs["peft"].name, []
+    if peft == "qlora" and q != "nf4":
+        out.append(f"peft=qlora needs a 4-bit base: add quant=nf4 (the qlora recipes set it), or use peft=lora "
+                   f"(quant={q})")
+    if q == "nf4" and peft not in ("qlora", "full"):
+        out.append(f"quant=nf4 with peft={peft}: 4-bit bases are trained with peft=qlora (LoRA prepared for k-bit "
+                   "training, exported dequantized); use peft=qlora, or quant=none")
+    if q == "nf4" and specs["zero"].stage == 3 and specs["model"].init == "pretrained":
+        out.append("quant=nf4 with a pretrained model under ZeRO-3: its weights load straight into ZeRO-3 partitions "
+                   "(zero.Init), which cannot be quantized layer by layer; use zero=zero2 (or zero0/zero1)")
     return out
 
 

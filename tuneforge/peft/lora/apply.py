@@ -17,6 +17,12 @@ def peft_targets(target_modules: list[str]):
 
 @register("peft", "lora", config=LoraSpec)
 class Lora(TuningMethod):
+    """Plain LoRA; the variants (dora, rslora, pissa, loraplus, qlora) subclass it and change `extra()` (more
+    LoraConfig fields) and where needed `param_groups` / `merged`."""
+
+    def extra(self) -> dict:
+        return {}
+
     def lora_config(self, **extra):
         from peft import LoraConfig
 
@@ -27,7 +33,7 @@ class Lora(TuningMethod):
     def apply(self, model, ctx):
         from peft import get_peft_model
 
-        return get_peft_model(model, self.lora_config())
+        return get_peft_model(model, self.lora_config(**self.extra()))
 
     def merged(self, model):
         return model.merge_and_unload()
