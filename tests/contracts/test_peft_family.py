@@ -44,6 +44,9 @@ ROWS: dict[str, Row] = {
     "full": Row(["peft=full"], r".", merges=False, zero2=False),
     "freeze": Row(["peft=freeze", "peft.layers=[-1]"], r"^model\.layers\.1\.", merges=False, zero2=False),
     "lora": Row(["peft=lora", "peft.r=4"], r"\.lora_[AB]\."),
+    # SwitchLoRA folds every switch into W0: the adapted base weights change too (trained_names saves them)
+    "switchlora": Row(["peft=switchlora", "peft.r=4", "peft.interval=2", "peft.freeze_steps=1"],
+                      r"\.(lora_[AB]|base\.weight)$"),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]
