@@ -47,6 +47,8 @@ ROWS: dict[str, Row] = {
     # SwitchLoRA folds every switch into W0: the adapted base weights change too (trained_names saves them)
     "switchlora": Row(["peft=switchlora", "peft.r=4", "peft.interval=2", "peft.freeze_steps=1"],
                       r"\.(lora_[AB]|base\.weight)$"),
+    "triadaptlora": Row(["peft=triadaptlora", "peft.r_init=2", "peft.r_max=4", "peft.grow_start=1", "peft.grow_every=1"],
+                        r"\.lora_[AB]$"),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]
