@@ -49,6 +49,7 @@ ROWS: dict[str, Row] = {
                       r"\.(lora_[AB]|base\.weight)$"),
     "triadaptlora": Row(["peft=triadaptlora", "peft.r_init=2", "peft.r_max=4", "peft.grow_start=1", "peft.grow_every=1"],
                         r"\.lora_[AB]$"),
+    "dsee": Row(["peft=dsee", "peft.r=4", "peft.sparse_n=16"], r"\.(lora_[AB]|sparse_values)$"),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]
