@@ -10,7 +10,7 @@ LoRA, h = W0 x + s B A x, whose rank grows per module during training:
   1 to tau_end over the growth phase (linear -- the variant the paper finds best --, exponential or cosine), so
   the most important modules grow first and the others follow as the threshold drops.
 Rank bookkeeping (tuneforge's design): A and B are allocated at r_max with a rank mask M per module; growing
-unmasks the next row of A / column of B. Masked rows get no gradient (their Adam moments stay zero); at growth
+unmasks the next row of A / column of B. Masked rows get no gradient (their Adam moments stay zero, their B columns exactly zero); at growth
 the new row's B column is zero (the layer's function is unchanged) and its Adam moments are zeroed explicitly
 (tuneforge.distributed.optim_state, ZeRO 0-2). Ranks are printed at each growth and saved in the method state
 (restored on resume). The scale s = alpha / r_init is fixed, so growth never rescales what was learnt.

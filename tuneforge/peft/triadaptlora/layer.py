@@ -1,5 +1,7 @@
-"""A TriAdaptLoRA linear: h = W0 x + s (B M)(M A) x, with A (r_max x in), B (out x r_max) allocated at the largest
-rank and M = diag(mask) holding the current rank: rows of A / columns of B beyond it get no gradient."""
+"""A TriAdaptLoRA linear: h = W0 x + s B A x, with A (r_max x in), B (out x r_max) allocated at the largest rank and
+a rank mask: rows of A / columns of B beyond the current rank get no gradient (they are detached), and those
+columns of B stay exactly zero, so the layer's value never depends on the mask (an export rebuilt without the
+method state reproduces the run)."""
 
 from __future__ import annotations
 
@@ -20,17 +22,18 @@ class TriAdaptLinear(AdapterLinear):
         bound = 1 / math.sqrt(n_in)  # what nn.init.kaiming_uniform_(a=sqrt(5)) gives, as LoRA's A
         self.lora_A = nn.Parameter((torch.rand(r_max, n_in, generator=gen) * 2 - 1) * bound)
         self.lora_B = nn.Parameter(torch.zeros(n_out, r_max))
-        self.register_buffer("mask", (torch.arange(r_max) < r_init).float(), persistent=False)
+        self.register_buffer("mask", torch.arange(r_max) < r_init, persistent=False)
 
     @property
     def rank(self) -> int:
         return int(self.mask.sum().item())
 
     def set_rank(self, r: int) -> None:
-        self.mask.copy_((torch.arange(self.mask.numel()) < r).float())
+        self.mask.copy_(torch.arange(self.mask.numel()) < r)
 
     def masked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lora_A * self.mask[:, None], self.lora_B * self.mask[None, :]
+        a, b = self.lora_A, self.lora_B
+        return torch.where(self.mask[:, None], a, a.detach()), torch.where(self.mask[None, :], b, b.detach())
 
     def extra(self, x):
         a, b = self.masked()
@@ -43,6 +46,6 @@ class TriAdaptLinear(AdapterLinear):
     @torch.no_grad()
     def importance(self) -> float:
         """Normalized Frobenius norm of the update, ||s B A||_F / sqrt(out * in) (via the r x r Gram matrices)."""
-        a, b = (t.detach().float() for t in self.masked())
+        a, b = self.lora_A.float() * self.mask[:, None], self.lora_B.float()
         sq = torch.trace((b.T @ b) @ (a @ a.T)).clamp(min=0).item()
         return self.scaling * math.sqrt(sq / b.shape[0] / a.shape[1])
