@@ -5,7 +5,7 @@ Sparsity-embedded update (the paper's Eq. for the weight update): Delta W = U V 
 here s B A with s = alpha / r, B = 0 at init) and S2 sparse with a fixed support Omega of N entries (|Omega| = N
 per matrix). Omega is chosen as in the paper: decompose the pretrained weight into low-rank + sparse parts,
 W ~ L + S (the paper uses GreBsmo), and take the positions of the N largest |S| entries. tuneforge's
-decomposition is one randomized truncated SVD, S = W - SVD_k(W) (k = decomp_rank, seeded), i.e. the first
+decomposition is one truncated SVD, S = W - SVD_k(W) (k = decomp_rank; randomized and seeded above 1024), i.e. the first
 GreBsmo step; `support=magnitude` uses the N largest |W| instead. Only the values on Omega are trained; the
 support never changes.
 

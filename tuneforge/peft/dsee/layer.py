@@ -11,18 +11,29 @@ from torch import nn
 
 from tuneforge.peft.adapters import AdapterLinear
 
+EXACT_SVD = 1024
+
 
 @torch.no_grad()
 def support(w: torch.Tensor, n: int, how: str, rank: int, seed: int) -> torch.Tensor:
-    """Flat indices of the N entries of S: the largest |W - L|, L a rank-`rank` approximation of W (the sparse
-    part of a low-rank + sparse decomposition, one randomized-SVD step; seeded), or the largest |W|."""
-    w = w.detach().float()
+    """Flat indices of the N entries of S: the largest |W - L|, L the best rank-`rank` approximation of W (the
+    sparse part of a low-rank + sparse decomposition), or the largest |W|. L is an exact SVD for matrices up to
+    EXACT_SVD on their smaller side, else a seeded randomized SVD (oversampled, 6 power iterations; on the GPU
+    when there is one)."""
+    device = "cuda" if torch.cuda.is_available() else w.device
+    w = w.detach().to(device, torch.float32)
     if how == "residual":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            u, s, v = torch.svd_lowrank(w, q=min(rank, *w.shape), niter=4)
-        w = w - (u * s) @ v.T
-    return torch.topk(w.abs().flatten(), min(n, w.numel())).indices.sort().values
+        k = min(rank, *w.shape)
+        if min(w.shape) <= EXACT_SVD:
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            low = (u[:, :k] * s[:k]) @ vh[:k]
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                u, s, v = torch.svd_lowrank(w, q=min(k + 8, *w.shape), niter=6)
+            low = (u[:, :k] * s[:k]) @ v[:, :k].T
+        w = w - low
+    return torch.topk(w.abs().flatten(), min(n, w.numel())).indices.sort().values.cpu()
 
 
 class DseeLinear(AdapterLinear):
