@@ -1,0 +1,30 @@
+"""Cross-axis checks and schedules of tuneforge's own adapters (switchlora, triadaptlora, dsee)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneforge.config.compose import compose
+from tuneforge.errors import InputError
+from tuneforge.peft.switchlora.apply import switch_rate
+from tuneforge.peft.triadaptlora.apply import threshold
+
+
+@pytest.mark.parametrize("overrides,fix", [
+    (["peft=dsee", "zero=zero3"], "use zero=zero2"),
+    (["peft=switchlora", "optim=adamw8bit"], "use optim=adamw"),
+    (["peft=triadaptlora", "zero=zero3_nvme", "zero.nvme_path=/tmp"], "use zero=zero2"),
+    (["peft=dsee", "peft.prune=rows"], "needs prune_sparsity > 0"),
+    (["peft=triadaptlora", "peft.r_max=2"], "r_max=2 must be >= r_init=4"),
+])
+def test_impossible_combinations_name_the_fix(overrides, fix):
+    with pytest.raises(InputError, match=fix):
+        compose(overrides)
+
+
+def test_schedules():
+    assert switch_rate(99, 100) == pytest.approx(0.3)  # 0.3x the initial frequency at descent_steps
+    assert switch_rate(0, 100) > switch_rate(50, 100) > switch_rate(99, 100)
+    for schedule in ("linear", "exponential", "cosine"):
+        assert threshold(0, schedule, 0.1) == pytest.approx(1) and threshold(1, schedule, 0.1) == pytest.approx(0.1)
+    assert threshold(0.5, "linear", 0.0) == pytest.approx(0.5)
