@@ -47,8 +47,8 @@ ROWS: dict[str, Row] = {
     # SwitchLoRA folds every switch into W0: the adapted base weights change too (trained_names saves them)
     "switchlora": Row(["peft=switchlora", "peft.r=4", "peft.interval=2", "peft.freeze_steps=1"],
                       r"\.(lora_[AB]|base\.weight)$"),
-    "triadaptlora": Row(["peft=triadaptlora", "peft.r_init=2", "peft.r_max=4", "peft.grow_start=1", "peft.grow_every=1"],
-                        r"\.lora_[AB]$"),
+    "triadaptlora": Row(["peft=triadaptlora", "peft.r_init=1", "peft.reference_rank=2", "peft.r_max=3", "peft.grow_by=1",
+                         "peft.warmup=0", "peft.grow_every=1"], r"\.lora_[ABLU]$"),
     "dsee": Row(["peft=dsee", "peft.r=4", "peft.sparse_n=16"], r"\.(lora_[AB]|sparse_values)$"),
 }
 

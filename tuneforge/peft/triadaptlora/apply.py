@@ -1,22 +1,22 @@
 """`peft=triadaptlora`: TriAdaptLoRA (Liang, Wang & Zeng, 2025, arXiv 2501.08008). HF PEFT does not implement it;
-this is tuneforge's own code.
+this is tuneforge's own code, written from the paper and the authors' released code (read, not copied).
 
-LoRA, h = W0 x + s B A x, whose rank grows per module during training:
-- importance of module l (the paper's normalized Frobenius-norm metric): I_l = ||s B_l A_l||_F / sqrt(out_l in_l),
-  the RMS of its update, computed from r x r Gram matrices; scores are normalized across modules,
-  S_l = I_l / max_k I_k in [0, 1];
-- adaptive rank growth with a dynamic threshold: at every decision step t (every grow_every steps from grow_start
-  to grow_until x total steps) every module with S_l >= tau(t) and rank < r_max grows by one; tau(t) falls from
-  1 to tau_end over the growth phase (linear -- the variant the paper finds best --, exponential or cosine), so
-  the most important modules grow first and the others follow as the threshold drops.
-Rank bookkeeping (tuneforge's design): A and B are allocated at r_max with a rank mask M per module; growing
-unmasks the next row of A / column of B. Masked rows get no gradient (their Adam moments stay zero, their B columns exactly zero); at growth
-the new row's B column is zero (the layer's function is unchanged) and its Adam moments are zeroed explicitly
-(tuneforge.distributed.optim_state, ZeRO 0-2). Ranks are printed at each growth and saved in the method state
-(restored on resume). The scale s = alpha / r_init is fixed, so growth never rescales what was learnt.
-
-Not reproduced: the paper's triangular split of the transformation matrices into lower/upper triangular parts
-(the full text was not available offline when this was written); see docs/peft_custom.md.
+- Triangular split: Delta W = s B C A with a trainable r x r core C = L + U, L lower triangular (with the
+  diagonal) and U strictly upper triangular. Growing the rank r -> r + g adds g rows of A, g columns of B, g rows
+  to L and g columns to U (all zero except the new rows of A, LoRA-initialised, so the function is unchanged).
+- Importance (normalized Frobenius norm): n_l = ||C_l||_F / b_l, b_l = 1 + the module's growth events; the score
+  of a decision is its increase since the previous decision, I_l = n_l(t) - n_l(t_prev), as in the released code.
+- Adaptive rank growth with a dynamic threshold: every grow_every steps after warmup, while the total rank is
+  below the budget (reference_rank x modules), k(t) modules grow by grow_by: k = int(remaining x p) (linear,
+  the paper's best) or int(remaining^p) (exponential), p = (t - warmup) / (T - warmup), at least 1. The
+  threshold is the k-th largest score; every module scoring at least that (and above zero: a core that did not
+  move carries no signal) grows -- the most important first, more of them as the run progresses. A module stops at r_max (tuneforge's allocation cap).
+Deviations, for a fixed-shape optimizer (one engine for the whole run, ZeRO 0-2): everything is allocated at
+r_max with a rank mask (masked entries are detached: no gradient, zero Adam moments; at growth the new rows'
+moments are zeroed explicitly through tuneforge.distributed.optim_state); the scale s = alpha / r_init is fixed
+(the released code divides by the current rank, which changes the function at every growth); the initial core is
+the identity (the released snapshot's all-zero start gives every adapter parameter a zero gradient).
+Ranks are printed at each growth and saved in the method state (checkpoints; restored on resume).
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ from tuneforge.peft.triadaptlora.spec import TriAdaptLoraSpec
 from tuneforge.registry import register
 
 
-def threshold(progress: float, schedule: str, tau_end: float) -> float:
-    """tau at progress p in [0, 1] of the growth phase: 1 at p=0, tau_end at p=1."""
+def n_growing(remaining: int, progress: float, growth: str) -> int:
+    """k(t): how many modules grow at a decision, from the remaining rank budget and the run's progress."""
     p = min(max(progress, 0.0), 1.0)
-    fall = {"linear": p, "cosine": (1 - math.cos(math.pi * p)) / 2,
-            "exponential": (1 - math.exp(-5 * p)) / (1 - math.exp(-5))}[schedule]
-    return 1 - fall * (1 - tau_end)
+    k = int(remaining * p) if growth == "linear" else int(math.exp(p * math.log(max(remaining, 1))))
+    return max(k, 1)
 
 
 @register("peft", "triadaptlora", config=TriAdaptLoraSpec)
@@ -51,52 +50,66 @@ class TriAdaptLora(TuningMethod):
         gens = lambda i: torch.Generator().manual_seed(ctx.seed * 1_000_003 + i)  # noqa: E731
         self.modules = wrap(model, s.target_modules, lambda i, n, lin: TriAdaptLinear(lin, s.r_init, s.r_max, s.alpha,
                                                                                      gens(i)))
+        self.budget = s.reference_rank * len(self.modules)
         self.last: dict = {}
         return model
 
     def ranks(self) -> dict[str, int]:
         return {n: m.rank for n, m in self.modules.items()}
 
-    def decision_steps(self, run) -> tuple[int, int]:
-        total = getattr(run, "total_steps", None) or self.total_steps
-        return self.spec.grow_start, max(self.spec.grow_start, int(self.spec.grow_until * total))
-
     @torch.no_grad()
     def on_step_start(self, step: int, run) -> None:
-        start, end = self.decision_steps(run)
-        if step < start or step > end or (step - start) % self.spec.grow_every:
+        s = self.spec
+        total = getattr(run, "total_steps", None) or self.total_steps
+        remaining = self.budget - sum(self.ranks().values())
+        if step <= s.warmup or (step - s.warmup) % s.grow_every or remaining <= 0:
             return
-        scores = {n: m.importance() for n, m in self.modules.items()}
-        top = max(scores.values())
-        if top <= 0:
+        norms = {n: m.core_norm() for n, m in self.modules.items()}
+        scores = {n: norms[n] - m.norm for n, m in self.modules.items()}
+        for n, m in self.modules.items():
+            m.norm = norms[n]
+        open_ = sorted((sc for n, sc in scores.items() if self.modules[n].rank < s.r_max), reverse=True)
+        if not open_:
             return
-        tau = threshold((step - start) / max(end - start, 1), self.spec.schedule, self.spec.tau_end)
-        grew = [n for n, m in self.modules.items() if scores[n] / top >= tau and m.rank < self.spec.r_max]
+        k = min(n_growing(remaining, (step - s.warmup) / max(total - s.warmup, 1), s.growth), len(open_))
+        threshold = open_[k - 1]
+        grew = [n for n, m in self.modules.items() if m.rank < s.r_max and scores[n] >= threshold and scores[n] > 0]
         for n in grew:
             self.grow(self.modules[n], run)
-        self.last = {"step": step, "tau": tau, "grew": grew, "scores": scores}
+        self.last = {"step": step, "k": k, "threshold": threshold, "grew": grew, "scores": scores, "norms": norms}
         if run is not None:
             ranks = self.ranks()
-            run.metrics.log({"step": step, "triadaptlora_tau": tau, "triadaptlora_grew": len(grew),
-                             "triadaptlora_params": sum(ranks.values())})
-            if grew or step + self.spec.grow_every > end:
-                run.console.print(f"triadaptlora: step {step}: tau {tau:.2f}, {len(grew)} modules grew; ranks "
-                                  + " ".join(f"{n.removeprefix('model.layers.')}={r}" for n, r in ranks.items()))
+            run.metrics.log({"step": step, "triadaptlora_grew": len(grew), "triadaptlora_total_rank": sum(ranks.values())})
+            run.console.print(f"triadaptlora: step {step}: {len(grew)} modules grew (k={k}); total rank "
+                              f"{sum(ranks.values())}/{self.budget}; ranks "
+                              + " ".join(f"{n.removeprefix('model.layers.')}={r}" for n, r in ranks.items()))
 
     def grow(self, m: TriAdaptLinear, run) -> None:
-        k = m.rank
-        b = m.lora_B.detach().clone()
-        b[:, k] = 0
-        m.set_rank(k + 1)
-        write(run, m.lora_A, m.lora_A.detach().clone(), row_index(0, [k]))
-        write(run, m.lora_B, b, row_index(1, [k]))
+        """Unmask the next grow_by ranks; their B columns, L rows and U columns start at zero, and the Adam moments
+        of every new row/column are zeroed (the rest of the state is untouched)."""
+        r0 = m.rank
+        r1 = min(r0 + self.spec.grow_by, self.spec.r_max)
+        new = list(range(r0, r1))
+        b, lo, up = (p.detach().clone() for p in (m.lora_B, m.lora_L, m.lora_U))
+        b[:, new], lo[new], up[:, new] = 0, 0, 0
+        m.set_rank(r1)
+        m.blocks += 1
+        write(run, m.lora_A, m.lora_A.detach().clone(), row_index(0, new))
+        write(run, m.lora_B, b, row_index(1, new))
+        write(run, m.lora_L, lo, row_index(0, new))
+        write(run, m.lora_U, up, row_index(1, new))
 
     def state_dict(self):
-        return {"ranks": self.ranks(), "last_growth": {k: v for k, v in self.last.items() if k != "scores"}}
+        return {"ranks": self.ranks(), "blocks": {n: m.blocks for n, m in self.modules.items()},
+                "norms": {n: m.norm for n, m in self.modules.items()},
+                "last_growth": {k: v for k, v in self.last.items() if k not in ("scores", "norms")}}
 
     def load_state_dict(self, state):
-        for n, r in (state or {}).get("ranks", {}).items():
-            self.modules[n].set_rank(int(r))
+        state = state or {}
+        for n, r in state.get("ranks", {}).items():
+            m = self.modules[n]
+            m.set_rank(int(r))
+            m.blocks, m.norm = int(state["blocks"][n]), float(state["norms"][n])
 
     def merged(self, model):
         return merge(model)

@@ -1,7 +1,7 @@
-"""A TriAdaptLoRA linear: h = W0 x + s B A x, with A (r_max x in), B (out x r_max) allocated at the largest rank and
-a rank mask: rows of A / columns of B beyond the current rank get no gradient (they are detached), and those
-columns of B stay exactly zero, so the layer's value never depends on the mask (an export rebuilt without the
-method state reproduces the run)."""
+"""A TriAdaptLoRA linear: h = W0 x + s B C A x, C = tril(L) + triu(U, 1) the triangular core. A (r_max x in),
+B (out x r_max), L and U (r_max x r_max) are allocated at the largest rank; a rank mask detaches everything
+beyond the current rank (no gradient). Beyond the rank, B's columns, L's rows and U's columns stay exactly zero,
+so the layer's value never depends on the mask (an export rebuilt without the method state reproduces the run)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ class TriAdaptLinear(AdapterLinear):
         bound = 1 / math.sqrt(n_in)  # what nn.init.kaiming_uniform_(a=sqrt(5)) gives, as LoRA's A
         self.lora_A = nn.Parameter((torch.rand(r_max, n_in, generator=gen) * 2 - 1) * bound)
         self.lora_B = nn.Parameter(torch.zeros(n_out, r_max))
+        self.lora_L = nn.Parameter(torch.diag((torch.arange(r_max) < r_init).float()))  # lower triangle (+ diag)
+        self.lora_U = nn.Parameter(torch.zeros(r_max, r_max))  # strict upper triangle
         self.register_buffer("mask", torch.arange(r_max) < r_init, persistent=False)
+        self.blocks = 1  # growth events + 1: the normaliser of the importance norm
+        self.norm = self.core_norm()  # normalized ||C||_F at the last decision (the first one: at init)
 
     @property
     def rank(self) -> int:
@@ -31,21 +35,24 @@ class TriAdaptLinear(AdapterLinear):
     def set_rank(self, r: int) -> None:
         self.mask.copy_(torch.arange(self.mask.numel()) < r)
 
-    def masked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = self.lora_A, self.lora_B
-        return torch.where(self.mask[:, None], a, a.detach()), torch.where(self.mask[None, :], b, b.detach())
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = self.mask
+        c = torch.tril(self.lora_L) + torch.triu(self.lora_U, 1)
+        keep = m[:, None] & m[None, :]
+        return (torch.where(m[:, None], self.lora_A, self.lora_A.detach()), torch.where(keep, c, c.detach()),
+                torch.where(m[None, :], self.lora_B, self.lora_B.detach()))
 
     def extra(self, x):
-        a, b = self.masked()
-        return F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype)) * self.scaling
+        a, c, b = (t.to(x.dtype) for t in self.parts())
+        return F.linear(F.linear(F.linear(x, a), c), b) * self.scaling
 
     def delta(self):
-        a, b = self.masked()
-        return self.scaling * b @ a
+        a, c, b = self.parts()
+        return self.scaling * b @ c @ a
 
     @torch.no_grad()
-    def importance(self) -> float:
-        """Normalized Frobenius norm of the update, ||s B A||_F / sqrt(out * in) (via the r x r Gram matrices)."""
-        a, b = self.lora_A.float() * self.mask[:, None], self.lora_B.float()
-        sq = torch.trace((b.T @ b) @ (a @ a.T)).clamp(min=0).item()
-        return self.scaling * math.sqrt(sq / b.shape[0] / a.shape[1])
+    def core_norm(self) -> float:
+        """||C||_F over the active rank, divided by the number of blocks (the paper's normalized norm)."""
+        r = self.rank
+        c = torch.tril(self.lora_L) + torch.triu(self.lora_U, 1)
+        return c[:r, :r].float().norm().item() / self.blocks

@@ -4,29 +4,24 @@ from dataclasses import dataclass
 
 from tuneforge.config.spec import Spec, knob, one_of, positive
 
-SCHEDULES = ("linear", "exponential", "cosine")
-
 
 @dataclass
 class TriAdaptLoraSpec(Spec):
-    name: str = knob("triadaptlora", "TriAdaptLoRA: LoRA whose per-module rank grows with importance (arXiv 2501.08008)")
-    r_init: int = knob(4, "rank every module starts with")
-    r_max: int = knob(16, "largest rank a module may grow to (A and B are allocated at this size)")
-    alpha: float = knob(8.0, "scaling numerator: the update is (alpha / r_init) * B @ A, fixed while ranks grow")
+    name: str = knob("triadaptlora", "TriAdaptLoRA: triangular-core LoRA whose ranks grow by importance (arXiv 2501.08008)")
+    r_init: int = knob(2, "rank every module starts with")
+    reference_rank: int = knob(8, "target average rank: the total rank budget is reference_rank x adapted modules")
+    r_max: int = knob(16, "largest rank one module may reach (A, B and the r x r core are allocated at this size)")
+    grow_by: int = knob(4, "rank added to a module when it grows (the authors use reference_rank / 2)")
+    alpha: float = knob(16.0, "scaling numerator: the update is (alpha / r_init) * B C A, fixed while ranks grow")
     target_modules: list[str] = knob(["all-linear"], "module names to adapt, or ['all-linear'] (every linear in the layers)")
+    warmup: int = knob(10, "steps before the first growth decision")
     grow_every: int = knob(10, "steps between growth decisions")
-    grow_start: int = knob(10, "first step at which ranks may grow (after the adapters have learnt something)")
-    grow_until: float = knob(0.8, "last growth decision at this fraction of the run's total steps")
-    schedule: str = knob("linear", "threshold tau(t) from 1 down to tau_end: linear (the paper's best), exponential, cosine")
-    tau_end: float = knob(0.0, "threshold at the last decision (a module grows when importance / max >= tau)")
+    growth: str = knob("linear", "how many modules grow at step t: linear (the paper's best) or exponential in the "
+                                 "fraction of the run done")
 
     def problems(self):
-        out = positive(self, "r_init", "r_max", "alpha", "grow_every") + positive(self, "grow_start", allow_zero=True)
-        if self.r_max < self.r_init:
-            out.append(f"r_max={self.r_max} must be >= r_init={self.r_init}")
-        if not 0 < self.grow_until <= 1:
-            out.append(f"grow_until={self.grow_until} must be in (0, 1]")
-        if not 0 <= self.tau_end < 1:
-            out.append(f"tau_end={self.tau_end} must be in [0, 1)")
-        out += one_of(self, "schedule", SCHEDULES)
+        out = positive(self, "r_init", "reference_rank", "r_max", "grow_by", "alpha", "grow_every")
+        out += positive(self, "warmup", allow_zero=True) + one_of(self, "growth", ("linear", "exponential"))
+        if not self.r_init <= self.reference_rank <= self.r_max:
+            out.append(f"need r_init <= reference_rank <= r_max (got {self.r_init}, {self.reference_rank}, {self.r_max})")
         return out + ([] if self.target_modules else ["target_modules is empty: list module names or use ['all-linear']"])
