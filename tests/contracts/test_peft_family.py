@@ -57,6 +57,12 @@ ROWS: dict[str, Row] = {
     "loraplus": Row(["peft=loraplus", "peft.r=4"], r"\.lora_[AB]\."),
     "miss": Row(["peft=miss", "peft.r=16"], r"\.miss_block\."),
     "bone": Row(["peft=bone", "peft.r=16"], r"\.miss_block\."),
+    # SwitchLoRA folds every switch into W0: the adapted base weights change too (trained_names saves them)
+    "switchlora": Row(["peft=switchlora", "peft.r=4", "peft.interval=2", "peft.freeze_steps=1"],
+                      r"\.(lora_[AB]|base\.weight)$"),
+    "triadaptlora": Row(["peft=triadaptlora", "peft.r_init=1", "peft.reference_rank=2", "peft.r_max=3", "peft.grow_by=1",
+                         "peft.warmup=0", "peft.grow_every=1"], r"\.lora_[ABLU]$"),
+    "dsee": Row(["peft=dsee", "peft.r=4", "peft.sparse_n=16"], r"\.(lora_[AB]|sparse_values)$"),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]

@@ -47,6 +47,8 @@ def cross_axis_problems(specs: dict) -> list[str]:
                    "quantized ones); use quant=none")
     if specs["peft"].name == "mtlora":
         out += mtlora_problems(specs["peft"].tasks, specs["data"].tasks)
+    if specs["peft"].name in OWN_ADAPTERS:
+        out += _own_adapter_problems(specs)
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")
@@ -78,6 +80,26 @@ def _lisa_problems(specs: dict) -> list[str]:
     if "nvme" in (z.offload_optimizer, z.offload_param):
         out.append("peft=lisa cannot carry optimizer state swapped to NVMe across layer switches: use zero=zero3_offload "
                    "(CPU) or a preset without offload")
+    return out
+
+
+OWN_ADAPTERS = ("switchlora", "triadaptlora", "dsee")  # tuneforge's own adapter layers (tuneforge/peft/adapters.py)
+
+
+def _own_adapter_problems(specs: dict) -> list[str]:
+    """Own adapters wrap plain nn.Linear weights, read them whole (SwitchLoRA also writes W0), and SwitchLoRA /
+    TriAdaptLoRA reset Adam rows through optim_state."""
+    name, z, o, q = specs["peft"].name, specs["zero"], specs["optim"], specs["quant"]
+    out = []
+    if z.stage == 3:
+        out.append(f"peft={name} does not support ZeRO-3 (its layers read and write whole weight matrices): "
+                   "use zero=zero2 (or zero2_offload)")
+    if q.name != "none":
+        out.append(f"peft={name} needs unquantized nn.Linear base weights: use quant=none (or peft=lora for QLoRA)")
+    if name in ("switchlora", "triadaptlora") and o.name == "adamw8bit":
+        out.append(f"peft={name} resets Adam moments row by row, which 8-bit block-wise states cannot do: use optim=adamw")
+    if name in ("switchlora", "triadaptlora") and "nvme" in (z.offload_optimizer, z.offload_param):
+        out.append(f"peft={name} cannot reset optimizer rows swapped to NVMe: use zero=zero2_offload (CPU) or zero2")
     return out
 
 

@@ -1,0 +1,86 @@
+"""TriAdaptLoRA's defining properties on a real DeepSpeed engine (ZeRO-0, gloo on CPU):
+
+- importance is the increase of the normalized Frobenius norm of the triangular core, ||tril(L)+triu(U,1)||_F / b;
+- at each decision exactly the k(t) most important modules grow (k = int(remaining budget x progress), >= 1),
+  so the most important grow first and more follow as the run progresses; growth stops at the budget;
+- optimizer state stays consistent: the new rows' Adam moments are zero, every other element is unchanged;
+  rows/columns beyond a module's rank never move (B's columns, L's rows, U's columns stay exactly zero);
+- ranks are restored from the method state (resume).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tests.contracts.adapter_probe import probe
+from tests.contracts.test_peft_family import Row, make
+
+R0, REF, RMAX, STEPS = 1, 2, 3, 6
+BASE = ["recipe=quickstart_tiny", "peft=triadaptlora", f"peft.r_init={R0}", f"peft.reference_rank={REF}",
+        f"peft.r_max={RMAX}", "peft.grow_by=1", "peft.warmup=0", "peft.grow_every=1", f"trainer.max_steps={STEPS}",
+        "trainer.micro_batch_size=2", "trainer.grad_accum=1", "trainer.eval_at_start=false", "data.n_eval=2",
+        "trainer.max_new_tokens=2", "optim.lr=1e-2"]
+
+
+def core(rec, n, r, blocks):
+    c = torch.tril(rec["before"][f"{n}.lora_L"]) + torch.triu(rec["before"][f"{n}.lora_U"], 1)
+    return c[:r, :r].norm().item() / blocks
+
+
+def test_growth_follows_importance_and_state_stays_consistent(tmp_path):
+    records = probe(tmp_path, 1, [*BASE, "zero=zero0"])
+    ranks = {n: R0 for n in records[0]["method"]["ranks"]}
+    blocks = dict.fromkeys(ranks, 1)
+    budget, decisions, partial = REF * len(ranks), 0, 0
+    for rec in records:
+        last = rec["last"]
+        if last.get("step") != rec["step"]:
+            assert rec["method"]["ranks"] == ranks
+            continue
+        decisions += 1
+        scores, grew, k = last["scores"], set(last["grew"]), last["k"]
+        for n in ranks:  # the normalized core norm, recomputed from the weights before the decision
+            assert math.isclose(last["norms"][n], core(rec, n, ranks[n], blocks[n]), rel_tol=1e-5, abs_tol=1e-7)
+        remaining = budget - sum(ranks.values())
+        assert k == min(max(int(remaining * rec["step"] / STEPS), 1), sum(r < RMAX for r in ranks.values()))
+        open_ = {n: sc for n, sc in scores.items() if ranks[n] < RMAX}
+        kth = sorted(open_.values(), reverse=True)[k - 1]
+        assert grew == {n for n, sc in open_.items() if sc >= kth and sc > 0}  # the k most important modules
+        partial += len(grew) < len(open_)
+        for n in grew:
+            new = ranks[n]
+            for name, idx in (("lora_A", (new, slice(None))), ("lora_B", (slice(None), new)),
+                              ("lora_L", (new, slice(None))), ("lora_U", (slice(None), new))):
+                before, after = rec["state_before"][f"{n}.{name}"], rec["state_after"][f"{n}.{name}"]
+                shape = rec["before"][f"{n}.{name}"].shape
+                for key in ("exp_avg", "exp_avg_sq"):
+                    x0, x1 = before[key].view(shape), after[key].view(shape)
+                    keep = torch.ones(shape, dtype=torch.bool)
+                    keep[idx] = False
+                    assert not x1[idx].any() and torch.equal(x0[keep], x1[keep])
+            ranks[n] += 1
+            blocks[n] += 1
+        assert rec["method"]["ranks"] == ranks
+    assert decisions >= 2 and partial >= 1 and sum(ranks.values()) <= budget + len(ranks)
+    first, final = records[0]["before"], records[-1]["after"]
+    for n, r in ranks.items():  # beyond the final rank nothing ever moved
+        assert torch.equal(first[f"{n}.lora_A"][r:], final[f"{n}.lora_A"][r:])
+        assert not final[f"{n}.lora_B"][:, r:].any() and not final[f"{n}.lora_U"][:, r:].any()
+        assert not final[f"{n}.lora_L"][r:].any()
+    print("final ranks:", sorted(ranks.values()))
+
+
+def test_ranks_restored_from_state(tmp_path):
+    row = Row(["peft=triadaptlora", "peft.r_init=2", "peft.r_max=8"], r"")
+    _, method, *_ = make(row, tmp_path)
+    names = list(method.ranks())
+    state = {"ranks": {n: 2 + i % 4 for i, n in enumerate(names)}, "blocks": dict.fromkeys(names, 3),
+             "norms": dict.fromkeys(names, 0.5)}
+    _, resumed, *_ = make(row, tmp_path)
+    resumed.load_state_dict(state)
+    assert resumed.ranks() == state["ranks"] != method.ranks()
+    assert resumed.state_dict()["blocks"] == state["blocks"] and resumed.state_dict()["norms"] == state["norms"]
+    assert all(int(m.mask.sum()) == state["ranks"][n] and m.mask[: state["ranks"][n]].all()
+               for n, m in resumed.modules.items())

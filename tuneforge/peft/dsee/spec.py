@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.config.spec import Spec, knob, one_of, positive
+
+
+@dataclass
+class DseeSpec(Spec):
+    name: str = knob("dsee", "DSEE: low-rank + sparse update, optionally sparse final weights (arXiv 2111.00160)")
+    r: int = knob(8, "rank of the low-rank part U V")
+    alpha: float = knob(16.0, "scaling numerator of the low-rank part: (alpha / r) * U @ V")
+    target_modules: list[str] = knob(["all-linear"], "module names to adapt, or ['all-linear'] (every linear in the layers)")
+    sparse_n: int = knob(64, "N: trainable entries of the sparse part S per adapted matrix (fixed support)")
+    support: str = knob("residual", "where S lives: residual (top-N |W - low-rank(W)|, the paper's decomposition) "
+                                    "or magnitude (top-N |W|)")
+    decomp_rank: int = knob(8, "rank of the low-rank approximation of W whose residual chooses the support")
+    prune: str = knob("none", "prune the merged weights at export: none, unstructured (magnitude) or rows (L2 norm)")
+    prune_sparsity: float = knob(0.0, "fraction of each adapted matrix's entries (or rows) zeroed at export")
+
+    def problems(self):
+        out = positive(self, "r", "alpha", "decomp_rank") + positive(self, "sparse_n", allow_zero=True)
+        out += one_of(self, "support", ("residual", "magnitude")) + one_of(self, "prune", ("none", "unstructured", "rows"))
+        if not 0 <= self.prune_sparsity < 1:
+            out.append(f"prune_sparsity={self.prune_sparsity} must be in [0, 1)")
+        if self.prune == "none" and self.prune_sparsity > 0:
+            out.append(f"prune_sparsity={self.prune_sparsity} needs prune=unstructured or prune=rows")
+        if self.prune != "none" and self.prune_sparsity == 0:
+            out.append(f"prune={self.prune} needs prune_sparsity > 0")
+        return out + ([] if self.target_modules else ["target_modules is empty: list module names or use ['all-linear']"])

@@ -1,0 +1,115 @@
+"""`peft=triadaptlora`: TriAdaptLoRA (Liang, Wang & Zeng, 2025, arXiv 2501.08008). HF PEFT does not implement it;
+this is tuneforge's own code, written from the paper and the authors' released code (read, not copied).
+
+- Triangular split: Delta W = s B C A with a trainable r x r core C = L + U, L lower triangular (with the
+  diagonal) and U strictly upper triangular. Growing the rank r -> r + g adds g rows of A, g columns of B, g rows
+  to L and g columns to U (all zero except the new rows of A, LoRA-initialised, so the function is unchanged).
+- Importance (normalized Frobenius norm): n_l = ||C_l||_F / b_l, b_l = 1 + the module's growth events; the score
+  of a decision is its increase since the previous decision, I_l = n_l(t) - n_l(t_prev), as in the released code.
+- Adaptive rank growth with a dynamic threshold: every grow_every steps after warmup, while the total rank is
+  below the budget (reference_rank x modules), k(t) modules grow by grow_by: k = int(remaining x p) (linear,
+  the paper's best) or int(remaining^p) (exponential), p = (t - warmup) / (T - warmup), at least 1. The
+  threshold is the k-th largest score; every module scoring at least that (and above zero: a core that did not
+  move carries no signal) grows -- the most important first, more of them as the run progresses. A module stops at r_max (tuneforge's allocation cap).
+Deviations, for a fixed-shape optimizer (one engine for the whole run, ZeRO 0-2): everything is allocated at
+r_max with a rank mask (masked entries are detached: no gradient, zero Adam moments; at growth the new rows'
+moments are zeroed explicitly through tuneforge.distributed.optim_state); the scale s = alpha / r_init is fixed
+(the released code divides by the current rank, which changes the function at every growth); the initial core is
+the identity (the released snapshot's all-zero start gives every adapter parameter a zero gradient).
+Ranks are printed at each growth and saved in the method state (checkpoints; restored on resume).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tuneforge.peft.adapters import merge, row_index, wrap, write
+from tuneforge.peft.base import TuningMethod
+from tuneforge.peft.triadaptlora.layer import TriAdaptLinear
+from tuneforge.peft.triadaptlora.spec import TriAdaptLoraSpec
+from tuneforge.registry import register
+
+
+def n_growing(remaining: int, progress: float, growth: str) -> int:
+    """k(t): how many modules grow at a decision, from the remaining rank budget and the run's progress."""
+    p = min(max(progress, 0.0), 1.0)
+    k = int(remaining * p) if growth == "linear" else int(math.exp(p * math.log(max(remaining, 1))))
+    return max(k, 1)
+
+
+@register("peft", "triadaptlora", config=TriAdaptLoraSpec)
+class TriAdaptLora(TuningMethod):
+    def apply(self, model, ctx):
+        s = self.spec
+        t = ctx.specs.get("trainer") if ctx.specs else None
+        self.total_steps = t.max_steps if t is not None and t.max_steps > 0 else 1000
+        for p in model.parameters():
+            p.requires_grad_(False)
+        gens = lambda i: torch.Generator().manual_seed(ctx.seed * 1_000_003 + i)  # noqa: E731
+        self.modules = wrap(model, s.target_modules, lambda i, n, lin: TriAdaptLinear(lin, s.r_init, s.r_max, s.alpha,
+                                                                                     gens(i)))
+        self.budget = s.reference_rank * len(self.modules)
+        self.last: dict = {}
+        return model
+
+    def ranks(self) -> dict[str, int]:
+        return {n: m.rank for n, m in self.modules.items()}
+
+    @torch.no_grad()
+    def on_step_start(self, step: int, run) -> None:
+        s = self.spec
+        total = getattr(run, "total_steps", None) or self.total_steps
+        remaining = self.budget - sum(self.ranks().values())
+        if step <= s.warmup or (step - s.warmup) % s.grow_every or remaining <= 0:
+            return
+        norms = {n: m.core_norm() for n, m in self.modules.items()}
+        scores = {n: norms[n] - m.norm for n, m in self.modules.items()}
+        for n, m in self.modules.items():
+            m.norm = norms[n]
+        open_ = sorted((sc for n, sc in scores.items() if self.modules[n].rank < s.r_max), reverse=True)
+        if not open_:
+            return
+        k = min(n_growing(remaining, (step - s.warmup) / max(total - s.warmup, 1), s.growth), len(open_))
+        threshold = open_[k - 1]
+        grew = [n for n, m in self.modules.items() if m.rank < s.r_max and scores[n] >= threshold and scores[n] > 0]
+        for n in grew:
+            self.grow(self.modules[n], run)
+        self.last = {"step": step, "k": k, "threshold": threshold, "grew": grew, "scores": scores, "norms": norms}
+        if run is not None:
+            ranks = self.ranks()
+            run.metrics.log({"step": step, "triadaptlora_grew": len(grew), "triadaptlora_total_rank": sum(ranks.values())})
+            run.console.print(f"triadaptlora: step {step}: {len(grew)} modules grew (k={k}); total rank "
+                              f"{sum(ranks.values())}/{self.budget}; ranks "
+                              + " ".join(f"{n.removeprefix('model.layers.')}={r}" for n, r in ranks.items()))
+
+    def grow(self, m: TriAdaptLinear, run) -> None:
+        """Unmask the next grow_by ranks; their B columns, L rows and U columns start at zero, and the Adam moments
+        of every new row/column are zeroed (the rest of the state is untouched)."""
+        r0 = m.rank
+        r1 = min(r0 + self.spec.grow_by, self.spec.r_max)
+        new = list(range(r0, r1))
+        b, lo, up = (p.detach().clone() for p in (m.lora_B, m.lora_L, m.lora_U))
+        b[:, new], lo[new], up[:, new] = 0, 0, 0
+        m.set_rank(r1)
+        m.blocks += 1
+        write(run, m.lora_A, m.lora_A.detach().clone(), row_index(0, new))
+        write(run, m.lora_B, b, row_index(1, new))
+        write(run, m.lora_L, lo, row_index(0, new))
+        write(run, m.lora_U, up, row_index(1, new))
+
+    def state_dict(self):
+        return {"ranks": self.ranks(), "blocks": {n: m.blocks for n, m in self.modules.items()},
+                "norms": {n: m.norm for n, m in self.modules.items()},
+                "last_growth": {k: v for k, v in self.last.items() if k not in ("scores", "norms")}}
+
+    def load_state_dict(self, state):
+        state = state or {}
+        for n, r in state.get("ranks", {}).items():
+            m = self.modules[n]
+            m.set_rank(int(r))
+            m.blocks, m.norm = int(state["blocks"][n]), float(state["norms"][n])
+
+    def merged(self, model):
+        return merge(model)
