@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from tuneforge import registry
 from tuneforge.config.compose import build_specs, load_run_config
 from tuneforge.data.encode import encode
@@ -48,13 +46,12 @@ def eval_run(run_dir: Path) -> dict:
 
 
 def export_run(run_dir: Path) -> Path:
-    """<run_dir>/export: the merged Hugging Face model (+ tokenizer); <run_dir>/export/adapter for adapters."""
+    """<run_dir>/export: the merged Hugging Face model (+ tokenizer); <run_dir>/export/adapter for adapters;
+    methods that cannot merge write their own format there (`method.export`, e.g. LST's export/lst/)."""
     _, tok, model, method = rebuild(run_dir)
     out = Path(run_dir) / "export"
     out.mkdir(exist_ok=True)
     method.save_adapter(model, out / "adapter")
-    merged = method.merged(model)
-    with torch.no_grad():
-        merged.save_pretrained(str(out))
+    method.export(model, out)
     tok.save_pretrained(str(out))
     return out
