@@ -8,11 +8,14 @@ For each row, on the tiny Llama built the way a run builds it (load -> quantize 
   its outputs exactly (this is what `tuneforge eval/export` do);
 - merged == unmerged outputs within 1e-5 (fp32) where the method merges into the base weights;
 - a real run under DeepSpeed ZeRO-2 with 2 ranks (gloo on CPU) trains and exports a model that
-  `AutoModelForCausalLM.from_pretrained` loads and that reproduces the run's own logits.
+  `AutoModelForCausalLM.from_pretrained` loads and that reproduces the run's own logits. A method that cannot
+  merge and exports its own format (`hf_export=False`) is loaded with its `load_export` onto a plainly loaded
+  base model instead, and `tuneforge eval run_dir=...` must reproduce the run's final eval.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -38,12 +41,14 @@ class Row:
     merges: bool = True  # method.merged(model) folds the method into plain weights
     run: list[str] = field(default_factory=list)  # extra overrides for the 2-rank ZeRO-2 run only
     zero2: bool = True  # False only where tests/integration/test_train.py already runs it under ZeRO-2 x 2 ranks
+    hf_export: bool = True  # False: export is the method's own format (method.load_export), not a plain HF model
 
 
 ROWS: dict[str, Row] = {
     "full": Row(["peft=full"], r".", merges=False, zero2=False),
     "freeze": Row(["peft=freeze", "peft.layers=[-1]"], r"^model\.layers\.1\.", merges=False, zero2=False),
     "lora": Row(["peft=lora", "peft.r=4"], r"\.lora_[AB]\."),
+    "lst": Row(["peft=lst"], r"\.side\.", merges=False, hf_export=False),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]
@@ -163,7 +168,24 @@ def test_zero2_two_ranks_trains_and_exports(row, tmp_path):
     assert summary(run)["status"] == "completed"
     ok(tuneforge("export", f"run_dir={run}", cwd=tmp_path))
     probe = load_file(str(run / "final" / "probe.safetensors"))
-    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
+    if r.hf_export:
+        model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
+    else:
+        model = exported(run).eval()
+        ok(tuneforge("eval", f"run_dir={run}", cwd=tmp_path))
+        got, final = json.loads((run / "eval.json").read_text()), summary(run)["eval"]
+        assert got["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+        assert got["exact_match"] == final["exact_match"] and got["eval_n"] == final["eval_n"]
     with torch.no_grad():
         logits = model(input_ids=probe["input_ids"]).logits
     torch.testing.assert_close(logits, probe["logits"], rtol=1e-4, atol=1e-4)
+
+
+def exported(run):
+    """A method's own export format, loaded onto the run's base model loaded plainly (no tuneforge build)."""
+    from tuneforge.config.compose import load_run_config
+    from tuneforge.models.load import load_model
+
+    specs = build_specs(load_run_config(run))
+    base = load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(load_tokenizer(specs["model"])))
+    return registry.build("peft", specs["peft"]).load_export(base, run / "export")

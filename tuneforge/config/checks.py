@@ -39,6 +39,9 @@ def cross_axis_problems(specs: dict) -> list[str]:
         out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
     if specs["peft"].name == "lisa":
         out += _lisa_problems(specs)
+    if specs["peft"].name == "lst" and specs["model"].gradient_checkpointing:
+        out.append("peft=lst with model.gradient_checkpointing=true: LST's backbone runs without autograd and keeps no "
+                   "activations, so there is nothing to recompute; set model.gradient_checkpointing=false")
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")
