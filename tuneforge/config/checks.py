@@ -39,9 +39,6 @@ def cross_axis_problems(specs: dict) -> list[str]:
         out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
     if specs["peft"].name == "lisa":
         out += _lisa_problems(specs)
-    if specs["peft"].name == "lst" and specs["model"].gradient_checkpointing:
-        out.append("peft=lst with model.gradient_checkpointing=true: LST's backbone runs without autograd and keeps no "
-                   "activations, so there is nothing to recompute; set model.gradient_checkpointing=false")
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")
@@ -75,4 +72,7 @@ def cross_axis_warnings(specs: dict) -> list[str]:
     if _device(specs) == "cpu" and "bf16" in (p.compute, p.params) and not cpu_has_fast_bf16():
         out.append(f"precision={p.name} on a CPU without AMX/AVX512-BF16: bf16 matmuls are emulated and can be "
                    "~100x slower than fp32 here; precision=fp32 is faster on this machine")
+    if specs["peft"].name == "lst" and specs["model"].gradient_checkpointing:
+        out.append("peft=lst with model.gradient_checkpointing=true: LST's backbone runs without autograd and keeps no "
+                   "activations, so there is nothing to recompute; set model.gradient_checkpointing=false")
     return out
