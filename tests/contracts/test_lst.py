@@ -113,3 +113,30 @@ def test_config_problems_found_up_front():
     assert any("hidden_size=576" in p for p in problems) and any("even integer" in p for p in problems)
     specs = build_specs(compose(["recipe=quickstart_tiny", "peft=lst", "model.gradient_checkpointing=true"]))
     assert any("set model.gradient_checkpointing=false" in w for w in cross_axis_warnings(specs))
+
+
+def test_pruned_init_without_reduction_is_the_backbone(tmp_path):
+    """peft.init=pruned keeps the largest-magnitude rows/columns; with r=1 it keeps them all, so with closed gates
+    (mu_i = 0: each side block reads only the previous one) the side network recomputes the backbone exactly,
+    rotary frequencies included."""
+    model, _, batch, *_ = make(Row(["peft=lst", "peft.reduction=1", "peft.gate_init=-100"], "side"), tmp_path)
+    dec = unwrap(model).get_decoder()
+    ids = batch["input_ids"][:, :24]
+    with torch.no_grad():
+        dec.side.up.weight.copy_(torch.eye(dec.side.up.weight.shape[0]))
+        out = dec.backbone(input_ids=ids, output_hidden_states=True)
+        side = dec.side(out.hidden_states, None, torch.arange(ids.shape[1])[None], None, False)
+    torch.testing.assert_close(side, out.last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
+def test_pruned_init_keeps_backbone_entries(tmp_path):
+    pruned, *_ = make(LST, tmp_path / "pruned")
+    random, *_ = make(Row(["peft=lst", "peft.init=random"], "side"), tmp_path / "random")
+    dec = unwrap(pruned).get_decoder()
+    keep = dec.side.downs[0].weight.argmax(1)  # the ladders start as selections of the kept dimensions
+    assert len(set(keep.tolist())) == dec.side.config.hidden_size
+    torch.testing.assert_close(dec.side.norm.weight, dec.backbone.norm.weight[keep], rtol=0, atol=0)
+    gate, full = dec.side.layers[1].mlp.gate_proj.weight, dec.backbone.layers[1].mlp.gate_proj.weight[:, keep]
+    assert all((full == row).all(1).any() for row in gate)  # every side row: a backbone row at the kept columns
+    assert set(dec.side.rotary_emb.inv_freq.tolist()) <= set(dec.backbone.rotary_emb.inv_freq.tolist())
+    assert not torch.equal(gate, unwrap(random).get_decoder().side.layers[1].mlp.gate_proj.weight)

@@ -39,6 +39,11 @@ def cross_axis_problems(specs: dict) -> list[str]:
         out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
     if specs["peft"].name == "lisa":
         out += _lisa_problems(specs)
+    if specs["peft"].name == "lst" and specs["peft"].init == "pruned" and (
+            specs["quant"].name != "none" or (z.stage == 3 and specs["model"].init == "pretrained")):
+        out.append("peft=lst with peft.init=pruned reads the backbone's full-precision weights at start, but "
+                   f"{'quant=' + specs['quant'].name if specs['quant'].name != 'none' else 'ZeRO-3'} leaves only "
+                   "quantized or partitioned ones: set peft.init=random")
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")

@@ -8,8 +8,9 @@ backbone's final hidden state before the frozen LM head. The backbone runs under
 is kept for backward, which is LST's memory advantage over adapters/LoRA (whose gradients must flow back through
 every backbone layer). Trained: ladders, gates, side blocks, side norm, up-projection; nothing of the backbone.
 
-Not done: initializing the side blocks from structurally pruned backbone weights (the paper's Sec. 3.2 option);
-side blocks start from the model family's default random init (the zero `up` makes step 0 the pretrained model).
+Side blocks start from the backbone pruned by weight magnitude (`peft.init=pruned`, the paper's Sec. 3.2;
+`prune.py`) or from the family's random init (`peft.init=random`); `up` starts at zero either way, so step 0
+computes exactly the pretrained model.
 
 Export: LST does not merge into the backbone's weights, so `tuneforge export` writes `export/lst/`
 (`side.safetensors` + `lst.json`) beside the tokenizer; `Lst.load_export(base, export_dir)` (or
@@ -28,6 +29,7 @@ from tuneforge.errors import InputError
 from tuneforge.models.layers import unwrap
 from tuneforge.peft.base import TuningMethod
 from tuneforge.peft.lst.layer import LadderDecoder, SideNetwork, shape_problems
+from tuneforge.peft.lst.prune import init_from_backbone
 from tuneforge.peft.lst.spec import LstSpec
 from tuneforge.registry import register
 
@@ -56,6 +58,8 @@ def attach(model: nn.Module, spec: LstSpec, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         side = SideNetwork(decoder, spec.reduction, spec.temperature, spec.gate_init)
+    if spec.init == "pruned":
+        init_from_backbone(side, decoder, spec.reduction)
     side.to(next(decoder.parameters()).device)
     setattr(base, name, LadderDecoder(decoder, side))
     return model
@@ -91,7 +95,8 @@ class Lst(TuningMethod):
         save_file(state, str(path / "side.safetensors"))
         s = self.spec
         (path / "lst.json").write_text(json.dumps({"peft": "lst", "reduction": s.reduction, "temperature": s.temperature,
-                                                    "gate_init": s.gate_init, "arxiv": "2206.06522"}, indent=2))
+                                                    "gate_init": s.gate_init, "init": s.init, "arxiv": "2206.06522"},
+                                                   indent=2))
 
     @staticmethod
     def load_export(base: nn.Module, out: Path) -> nn.Module:
@@ -100,7 +105,8 @@ class Lst(TuningMethod):
 
         path = Path(out) / EXPORT_DIR
         meta = json.loads((path / "lst.json").read_text())
-        spec = LstSpec(reduction=meta["reduction"], temperature=meta["temperature"], gate_init=meta["gate_init"])
+        spec = LstSpec(reduction=meta["reduction"], temperature=meta["temperature"], gate_init=meta["gate_init"],
+                       init=meta["init"])  # pruned: the side RoPE frequencies are re-derived from `base`
         model = attach(base, spec)
         side_of(model).load_state_dict(load_file(str(path / "side.safetensors")))
         return model
