@@ -2,16 +2,20 @@
 - no gradient reaches the backbone, even with requires_grad switched on for all of it (the graph never reaches it);
 - the activations autograd saves for backward are a small fraction of LoRA's (measured with saved_tensors_hooks);
 - generation with the KV cache (the side blocks keep their own) equals recomputing the whole sequence;
-- a reduction that does not divide the widths is a config problem; gradient checkpointing (useless here) a warning.
+- peft.init=pruned copies backbone sub-matrices consistently (with r=1 the side network recomputes the backbone);
+- a reduction that does not divide the widths is a config problem; gradient checkpointing (useless here) a
+  warning; pruned init on ZeRO-3 partitions a config problem.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.contracts.test_peft_family import Row, make
 from tuneforge.config.checks import cross_axis_warnings
 from tuneforge.config.compose import build_specs, compose
+from tuneforge.errors import InputError
 from tuneforge.models.layers import unwrap
 from tuneforge.peft.lst.apply import Lst, side_of
 from tuneforge.peft.lst.spec import LstSpec
@@ -113,6 +117,9 @@ def test_config_problems_found_up_front():
     assert any("hidden_size=576" in p for p in problems) and any("even integer" in p for p in problems)
     specs = build_specs(compose(["recipe=quickstart_tiny", "peft=lst", "model.gradient_checkpointing=true"]))
     assert any("set model.gradient_checkpointing=false" in w for w in cross_axis_warnings(specs))
+    with pytest.raises(InputError, match="set peft.init=random"):  # pretrained weights loaded into ZeRO-3 partitions
+        compose(["recipe=quickstart", "peft=lst", "zero=zero3"])
+    compose(["recipe=quickstart", "peft=lst", "zero=zero3", "peft.init=random"])
 
 
 def test_pruned_init_without_reduction_is_the_backbone(tmp_path):
