@@ -8,13 +8,16 @@ For each row, on the tiny Llama built the way a run builds it (load -> quantize 
   its outputs exactly (this is what `tuneforge eval/export` do);
 - merged == unmerged outputs within 1e-5 (fp32) where the method merges into the base weights;
 - a real run under DeepSpeed ZeRO-2 with 2 ranks (gloo on CPU) trains and exports a model that
-  `AutoModelForCausalLM.from_pretrained` loads and that reproduces the run's own logits.
+  `AutoModelForCausalLM.from_pretrained` loads and that reproduces the run's own logits. A method that cannot
+  merge and exports its own format (`hf_export=False`) is loaded with its `load_export` onto a plainly loaded
+  base model instead, and `tuneforge eval run_dir=...` must reproduce the run's final eval.
 A method with variants (e.g. one model per task) is merged and exported per variant, each checked the same way;
 a row's data may carry task ids (multi-task), which route the forwards of a model that routes per sample.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -41,6 +44,7 @@ class Row:
     merges: bool = True  # method.merged(model) folds the method into plain weights
     run: list[str] = field(default_factory=list)  # extra overrides for the 2-rank ZeRO-2 run only
     zero2: bool = True  # False only where tests/integration/test_train.py already runs it under ZeRO-2 x 2 ranks
+    hf_export: bool = True  # False: export is the method's own format (method.load_export), not a plain HF model
 
 
 ROWS: dict[str, Row] = {
@@ -63,6 +67,7 @@ ROWS: dict[str, Row] = {
     "triadaptlora": Row(["peft=triadaptlora", "peft.r_init=1", "peft.reference_rank=2", "peft.r_max=3", "peft.grow_by=1",
                          "peft.warmup=0", "peft.grow_every=1"], r"\.lora_[ABLU]$"),
     "dsee": Row(["peft=dsee", "peft.r=4", "peft.sparse_n=16"], r"\.(lora_[AB]|sparse_values)$"),
+    "lst": Row(["peft=lst"], r"\.side\.", merges=False, hf_export=False),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]
@@ -193,11 +198,27 @@ def test_zero2_two_ranks_trains_and_exports(row, tmp_path):
     assert summary(run)["status"] == "completed"
     ok(tuneforge("export", f"run_dir={run}", cwd=tmp_path))
     probe = load_file(str(run / "final" / "probe.safetensors"))
+    if not r.hf_export:
+        ok(tuneforge("eval", f"run_dir={run}", cwd=tmp_path))
+        got, final = json.loads((run / "eval.json").read_text()), summary(run)["eval"]
+        assert got["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+        assert got["exact_match"] == final["exact_match"] and got["eval_n"] == final["eval_n"]
     keys = [k for k in probe if k.startswith("logits")]  # logits, or logits.<variant> per exported variant
     assert keys
     for key in keys:
         variant = key.partition(".")[2]
-        model = AutoModelForCausalLM.from_pretrained(run / "export" / variant).eval()
+        dest = run / "export" / variant
+        model = (AutoModelForCausalLM.from_pretrained(dest) if r.hf_export else exported(run, dest)).eval()
         with torch.no_grad():
             got = model(input_ids=probe["input_ids"]).logits
         torch.testing.assert_close(got, probe[key], rtol=1e-4, atol=1e-4, msg=f"{name} {variant}")
+
+
+def exported(run, dest):
+    """A method's own export format, loaded onto the run's base model loaded plainly (no tuneforge build)."""
+    from tuneforge.config.compose import load_run_config
+    from tuneforge.models.load import load_model
+
+    specs = build_specs(load_run_config(run))
+    base = load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(load_tokenizer(specs["model"])))
+    return registry.build("peft", specs["peft"]).load_export(base, dest)

@@ -49,6 +49,11 @@ def cross_axis_problems(specs: dict) -> list[str]:
         out += mtlora_problems(specs["peft"].tasks, specs["data"].tasks)
     if specs["peft"].name in OWN_ADAPTERS:
         out += _own_adapter_problems(specs)
+    if specs["peft"].name == "lst" and specs["peft"].init == "pruned" and (
+            specs["quant"].name != "none" or (z.stage == 3 and specs["model"].init == "pretrained")):
+        out.append("peft=lst with peft.init=pruned reads the backbone's full-precision weights at start, but "
+                   f"{'quant=' + specs['quant'].name if specs['quant'].name != 'none' else 'ZeRO-3'} leaves only "
+                   "quantized or partitioned ones: set peft.init=random")
     if specs["quant"].name != "none" and specs["peft"].name == "full":
         out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
                    "use an adapter method (e.g. peft=lora)")
@@ -117,6 +122,9 @@ def cross_axis_warnings(specs: dict) -> list[str]:
     if _device(specs) == "cpu" and "bf16" in (p.compute, p.params) and not cpu_has_fast_bf16():
         out.append(f"precision={p.name} on a CPU without AMX/AVX512-BF16: bf16 matmuls are emulated and can be "
                    "~100x slower than fp32 here; precision=fp32 is faster on this machine")
+    if specs["peft"].name == "lst" and specs["model"].gradient_checkpointing:
+        out.append("peft=lst with model.gradient_checkpointing=true: LST's backbone runs without autograd and keeps no "
+                   "activations, so there is nothing to recompute; set model.gradient_checkpointing=false")
     return out
 
 

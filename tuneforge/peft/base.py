@@ -11,6 +11,10 @@
     state_dict() / load_state_dict(state)
                           JSON-able method state saved in checkpoints (e.g. LISA's active layers)
     merged(model)         a plain Hugging Face model for export (adapters merged into the weights)
+    export(model, out) / load_export(base, out)
+                          what `tuneforge export` writes, and how to load it back; default: the merged model as a
+                          plain HF directory (`hf_export = True`). A method that cannot merge (LST) writes its own
+                          format, sets `hf_export = False` and loads it onto a plainly loaded base model
     save_adapter(model, path) -> bool
                           write a PEFT adapter directory if the method has one
     variants()            optional: names of models exported side by side (export/<name>/, e.g. one per task);
@@ -42,6 +46,8 @@ class MethodContext:
 
 
 class TuningMethod:
+    hf_export = True  # `tuneforge export` writes a plain HF model (AutoModelForCausalLM.from_pretrained(out))
+
     def __init__(self, spec):
         self.spec = spec
 
@@ -78,6 +84,19 @@ class TuningMethod:
 
     def save_adapter(self, model: nn.Module, path) -> bool:
         return False
+
+    def export(self, model: nn.Module, out: Path, **variant) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.merged(model, **variant).save_pretrained(str(out))
+
+    @staticmethod
+    def load_export(base: nn.Module, out: Path) -> nn.Module:
+        """The exported model; `base` (the run's base model, loaded plainly) is used by methods that need it."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(out))
 
 
 def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from tuneforge import registry
 from tuneforge.config.compose import build_specs, load_run_config
 from tuneforge.data.encode import encode
@@ -49,15 +47,14 @@ def eval_run(run_dir: Path) -> dict:
 
 def export_run(run_dir: Path) -> Path:
     """<run_dir>/export: the merged Hugging Face model (+ tokenizer); <run_dir>/export/adapter for adapters.
-    A method with variants (e.g. one model per task) exports each to <run_dir>/export/<variant>/ the same way."""
+    A method with variants (e.g. one model per task) exports each to <run_dir>/export/<variant>/ the same way;
+    methods that cannot merge write their own format there (`method.export`, e.g. LST's export/lst/)."""
     _, tok, model, method = rebuild(run_dir)
     out = Path(run_dir) / "export"
     for variant in method.variants() or [None]:
         dest, kw = (out, {}) if variant is None else (out / variant, {"variant": variant})
         dest.mkdir(parents=True, exist_ok=True)
         method.save_adapter(model, dest / "adapter", **kw)
-        merged = method.merged(model, **kw)
-        with torch.no_grad():
-            merged.save_pretrained(str(dest))
+        method.export(model, dest, **kw)
         tok.save_pretrained(str(dest))
     return out
