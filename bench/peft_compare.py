@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, read, show, train  # noqa: E402
 
 EXCLUDED = ("full", "freeze", "lisa")
-NEEDS = {"qlora": ["quant=nf4"]}  # axes a method cannot run without
+NEEDS = {"qlora": ["quant=nf4"],  # axes a method cannot run without
+         "mtlora": ["data.ops=[+,-]", "data.tasks=[add,sub]"]}  # multi-task data: addition and subtraction problems
+SETTINGS = {"corda": ["peft.n_samples=64"]}  # bounded calibration (the default 256 takes ~4x longer on CPU)
 COLUMNS = ["method", "trainable", "peak RSS MB", "tokens/s (median)", "exact match before", "after",
            "eval loss after", "run wall s"]
 
@@ -36,9 +38,13 @@ def default_methods() -> list[str]:
     return [m for m in sorted(registry.names("peft")) if m not in EXCLUDED]
 
 
-def measure(method: str, recipe: str, steps: int, overrides: list[str]) -> list:
-    s, rows = read(train(f"recipe={recipe}", f"peft={method}", *NEEDS.get(method, []), f"trainer.max_steps={steps}",
-                         "trainer.eval_at_start=true", *overrides))
+def measure(method: str, recipe: str, steps: int, before: bool, overrides: list[str]) -> list:
+    try:
+        s, rows = read(train(f"recipe={recipe}", f"peft={method}", *NEEDS.get(method, []), *SETTINGS.get(method, []),
+                             f"trainer.max_steps={steps}", f"trainer.eval_at_start={str(before).lower()}", *overrides))
+    except SystemExit as e:  # one failing method is reported in its row; the others still run
+        print(e, file=sys.stderr)
+        return [method, "failed", *["-"] * (len(COLUMNS) - 2)]
     tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:] or [0.0]
     before, after = s.get("eval_before", {}), s.get("eval", {})
 
@@ -64,11 +70,13 @@ def main() -> None:
                                                      f"except {', '.join(EXCLUDED)})")
     ap.add_argument("--steps", type=int, default=30, help="optimizer steps per method (the quickstart's 30)")
     ap.add_argument("--recipe", default="quickstart", help="recipe every method runs (quickstart_tiny: smoke test)")
+    ap.add_argument("--before", action="store_true", help="also evaluate every method before training (every method "
+                                                          "starts from the pretrained function, so once is enough)")
     ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
     methods = args.methods.split(",") if args.methods else default_methods()
-    rows = [measure(m, args.recipe, args.steps, args.overrides) for m in methods]
+    rows = [measure(m, args.recipe, args.steps, args.before, args.overrides) for m in methods]
     title = f"PEFT methods compared ({args.recipe}, {args.steps} steps, same data)"
     show(title, COLUMNS, rows)
     if args.record:
