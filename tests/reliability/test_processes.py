@@ -52,7 +52,7 @@ def test_interrupted_sweep_resumes_unfinished_jobs_and_skips_finished(tmp_path):
     sweep = ["-m", *TINY, "trainer.max_steps=6", "trainer.save_every=2", "optim.lr=1e-3,2e-3,3e-3"]
     proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "train", *sweep], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TUNEFORGE_FAULTS": "slow@step:ms=400"})  # interruptible
+                            env={**os.environ, "TUNEFORGE_FAULTS": "slow@step:ms=2000:steps=3-5"})  # 6 s to interrupt it
     job1 = None
     deadline = time.time() + 300
     while time.time() < deadline and job1 is None:  # stop the sweep once job 1 has trained 3 steps

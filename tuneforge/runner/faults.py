@@ -9,7 +9,7 @@ Each fault names a point in the code where it fires:
     sigterm@step        send this process SIGTERM at the start of step N
     sigterm@micro       send this process SIGTERM after the first micro-batch of step N (mid-accumulation)
     die@step            exit this rank abruptly (os._exit(9)) at the start of step N
-    slow@step:ms=M      sleep M milliseconds at the start of every step (a run slow enough to interrupt)
+    slow@step:ms=M      sleep M milliseconds at the start of every step (steps=N-M: only those), to interrupt a run
 """
 
 from __future__ import annotations
