@@ -9,30 +9,65 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tuneforge.models.layers import decoder_layers, unwrap
 from tuneforge.peft.adapters import AdapterLinear
 
 EXACT_SVD = 1024
 
 
 @torch.no_grad()
-def support(w: torch.Tensor, n: int, how: str, rank: int, seed: int) -> torch.Tensor:
-    """Flat indices of the N entries of S: the largest |W - L|, L the best rank-`rank` approximation of W (the
-    sparse part of a low-rank + sparse decomposition), or the largest |W|. L is an exact SVD for matrices up to
-    EXACT_SVD on their smaller side, else a seeded randomized SVD (oversampled, 6 power iterations; on the GPU
-    when there is one)."""
+def decompose(w: torch.Tensor, n: int, rank: int, iters: int, seed: int, tol: float = 1e-6):
+    """GreBsmo-style low-rank + sparse decomposition W ~ U V + S, rank(U V) <= rank, |supp(S)| <= n (fp32):
+
+        min_{U,V,S} ||W - U V - S||_F^2   s.t.  rank(U V) <= k,  card(S) <= N
+
+    by alternating GreBsmo's bilateral updates (Zhou & Tao 2013) with hard thresholding:
+
+        U_t = Q,  Q R = qr((W - S_{t-1}) V_{t-1}^T)      (left bilateral projection)
+        V_t = Q^T (W - S_{t-1})                           (least-squares V given U_t)
+        S_t = P_N(W - U_t V_t)                            (the N largest-|.| entries of the residual)
+
+    U_1 V_1 = SVD_k(W) (S_0 = 0: exact SVD up to EXACT_SVD on the smaller side, else a seeded randomized SVD), so
+    iters=1 is the single truncated-SVD step. Each update is the exact minimizer of its block given the others
+    (span(U_t) = span of the least-squares U for V_{t-1}), so the objective never increases. Stops after `iters`
+    iterations or when an iteration lowers the objective by less than `tol` x ||W||_F (float noise). Memory: a
+    few dense copies of W plus O((m + n) k); no full SVD above EXACT_SVD. GreBsmo's greedy rank increments are
+    not used: the rank is fixed at k = decomp_rank from the start.
+    Returns (sorted flat indices of supp(S), objective ||W - U V - S||_F after each iteration)."""
+    k, n = min(rank, *w.shape), min(n, w.numel())
+    if min(w.shape) <= EXACT_SVD:
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        u, v = u[:, :k] * s[:k], vh[:k]
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            u, s, v = torch.svd_lowrank(w, q=min(k + 8, *w.shape), niter=6)
+        u, v = u[:, :k] * s[:k], v[:, :k].T
+    errors, floor, x = [], tol * float(w.norm()), w  # x = W - S_{t-1}
+    for t in range(iters):
+        if t:
+            u = torch.linalg.qr(x @ v.T).Q
+            v = u.T @ x
+        r = w - u @ v
+        index = torch.topk(r.abs().flatten(), n).indices
+        x = w.clone()
+        x.view(-1)[index] -= r.view(-1)[index]
+        r.view(-1)[index] = 0
+        errors.append(float(r.norm()))
+        del r
+        if t and errors[-2] - errors[-1] <= floor:
+            break
+    return index.sort().values, errors
+
+
+@torch.no_grad()
+def support(w: torch.Tensor, n: int, how: str, rank: int, seed: int, iters: int = 1) -> torch.Tensor:
+    """Flat indices of the N entries of S: the support of the sparse part of W's low-rank + sparse decomposition
+    (`decompose`, `iters` iterations; on the GPU when there is one), or the largest |W|."""
     device = "cuda" if torch.cuda.is_available() else w.device
     w = w.detach().to(device, torch.float32)
     if how == "residual":
-        k = min(rank, *w.shape)
-        if min(w.shape) <= EXACT_SVD:
-            u, s, vh = torch.linalg.svd(w, full_matrices=False)
-            low = (u[:, :k] * s[:k]) @ vh[:k]
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                u, s, v = torch.svd_lowrank(w, q=min(k + 8, *w.shape), niter=6)
-            low = (u[:, :k] * s[:k]) @ v[:, :k].T
-        w = w - low
+        return decompose(w, n, rank, iters, seed)[0].cpu()
     return torch.topk(w.abs().flatten(), min(n, w.numel())).indices.sort().values.cpu()
 
 
@@ -71,3 +106,51 @@ def prune(w: torch.Tensor, how: str, sparsity: float) -> torch.Tensor:
         k = round(sparsity * w.shape[0])
         w[torch.topk(w.norm(dim=1), k, largest=False).indices] = 0
     return w
+
+
+def attention(layer: nn.Module) -> list[nn.Module]:
+    """A decoder layer's q/k/v/o projections (Llama-style `self_attn.{q,k,v,o}_proj`)."""
+    attn = getattr(layer, "self_attn", None)
+    projs = [getattr(attn, f"{x}_proj", None) for x in "qkvo"]
+    if not all(isinstance(p, nn.Module) for p in projs):
+        raise ValueError(f"prune=heads needs self_attn.{{q,k,v,o}}_proj in every decoder layer ({type(layer).__name__})")
+    return projs
+
+
+def _zero_heads(linear: nn.Module, heads: list[int], hd: int, dim: int) -> None:
+    """Zero the rows (dim 0, and the bias) or columns (dim 1) of `heads`, each `hd` wide."""
+    idx = (torch.tensor(heads, dtype=torch.long)[:, None] * hd + torch.arange(hd)).flatten()
+    if dim == 0:
+        linear.weight[idx] = 0
+        if linear.bias is not None:
+            linear.bias[idx] = 0
+    else:
+        linear.weight[:, idx] = 0
+
+
+@torch.no_grad()
+def prune_heads(model: nn.Module, sparsity: float) -> nn.Module:
+    """Zero the round(sparsity x num_heads) least important attention heads of every layer, in place.
+
+    Importance of query head h (KV group g(h)): ||W_o[:, h]||_F x ||W_v[g(h)]||_F -- the head adds
+    W_o[:, h] (sum_j a_ij W_v[g] x_j) to the output with attention weights a_ij >= 0 summing to 1, so this bounds
+    its output's scale per unit input norm. A pruned head loses its o_proj input columns and q_proj rows (and
+    bias), which removes exactly its output; k_proj/v_proj rows of a KV group (GQA) are zeroed only when every
+    query head sharing that group is pruned, so the surviving heads compute exactly what they did before."""
+    base = unwrap(model)
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    nh = cfg.num_attention_heads
+    nkv = getattr(cfg, "num_key_value_heads", None) or nh
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    k, group = round(sparsity * nh), nh // nkv
+    for layer in decoder_layers(model)[1]:
+        q, kp, v, o = attention(layer)
+        o_norm = o.weight.float().view(-1, nh, hd).norm(dim=(0, 2))
+        v_norm = v.weight.float().view(nkv, hd, -1).norm(dim=(1, 2))
+        gone = torch.topk(o_norm * v_norm.repeat_interleave(group), k, largest=False).indices.tolist()
+        _zero_heads(o, gone, hd, dim=1)
+        _zero_heads(q, gone, hd, dim=0)
+        dead = [g for g in range(nkv) if set(range(g * group, (g + 1) * group)) <= set(gone)]
+        for p in (kp, v):
+            _zero_heads(p, dead, hd, dim=0)
+    return model

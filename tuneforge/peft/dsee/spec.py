@@ -15,16 +15,20 @@ class DseeSpec(Spec):
     support: str = knob("residual", "where S lives: residual (top-N |W - low-rank(W)|, the paper's decomposition) "
                                     "or magnitude (top-N |W|)")
     decomp_rank: int = knob(8, "rank of the low-rank approximation of W whose residual chooses the support")
-    prune: str = knob("none", "prune the merged weights at export: none, unstructured (magnitude) or rows (L2 norm)")
-    prune_sparsity: float = knob(0.0, "fraction of each adapted matrix's entries (or rows) zeroed at export")
+    decomp_iters: int = knob(10, "max iterations of the GreBsmo low-rank + sparse decomposition of W (1: one "
+                                 "truncated SVD step)")
+    prune: str = knob("none", "prune the merged weights at export: none, unstructured (magnitude), rows (L2 norm) "
+                              "or heads (whole attention heads of every layer)")
+    prune_sparsity: float = knob(0.0, "fraction of each adapted matrix's entries (or rows), or of each layer's "
+                                      "attention heads, zeroed at export")
 
     def problems(self):
-        out = positive(self, "r", "alpha", "decomp_rank") + positive(self, "sparse_n", allow_zero=True)
-        out += one_of(self, "support", ("residual", "magnitude")) + one_of(self, "prune", ("none", "unstructured", "rows"))
+        out = positive(self, "r", "alpha", "decomp_rank", "decomp_iters") + positive(self, "sparse_n", allow_zero=True)
+        out += one_of(self, "support", ("residual", "magnitude")) + one_of(self, "prune", ("none", "unstructured", "rows", "heads"))
         if not 0 <= self.prune_sparsity < 1:
             out.append(f"prune_sparsity={self.prune_sparsity} must be in [0, 1)")
         if self.prune == "none" and self.prune_sparsity > 0:
-            out.append(f"prune_sparsity={self.prune_sparsity} needs prune=unstructured or prune=rows")
+            out.append(f"prune_sparsity={self.prune_sparsity} needs prune=unstructured, rows or heads")
         if self.prune != "none" and self.prune_sparsity == 0:
             out.append(f"prune={self.prune} needs prune_sparsity > 0")
         return out + ([] if self.target_modules else ["target_modules is empty: list module names or use ['all-linear']"])
