@@ -16,8 +16,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import read, show, train  # noqa: E402
 
@@ -34,6 +32,7 @@ def saved_for_backward(overrides: list[str], batch_size: int) -> tuple[int, int]
     from tuneforge.config.compose import build_specs, compose
     from tuneforge.data.batching import collate
     from tuneforge.data.encode import encode
+    from tuneforge.models.footprint import SavedForBackward
     from tuneforge.models.load import load_tokenizer
     from tuneforge.peft.base import MethodContext, count
     from tuneforge.runner.model import build
@@ -45,19 +44,10 @@ def saved_for_backward(overrides: list[str], batch_size: int) -> tuple[int, int]
     samples = encode(loaded.train[:batch_size], tok, specs["data"], loaded.report)
     model, _ = build(specs, tok, MethodContext(seed=specs["trainer"].seed, tokenizer=tok, specs=specs))
     model.train()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward(model) as saved:
         loss = CausalLM(model)(**collate(samples, tok.pad_token_id))
     loss.backward()
-    return sum(seen.values()), count(model)[0]
+    return saved.bytes, count(model)[0]
 
 
 def main() -> None:

@@ -64,3 +64,16 @@ def tiny_model_factory(tokenizer):
         return load_model(spec, seed=seed, vocab_size=len(tokenizer))
 
     return make
+
+
+def spawn_ranks(module: str, run_dir: Path, nproc: int) -> None:
+    """Run `python -m <module> <run_dir>` as `nproc` real ranks (gloo on CPU) of a prepared run directory."""
+    from tuneforge.distributed.dist import free_port
+
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-m", module, str(run_dir)], cwd=ROOT,
+                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(nproc)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)

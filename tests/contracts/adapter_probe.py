@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import spawn_ranks
 from tests.contracts.lisa_probe import snapshot
 from tuneforge.config.compose import compose, load_run_config
 from tuneforge.distributed import optim_state as ostate
-from tuneforge.distributed.dist import free_port
 from tuneforge.runner.runner import Runner
 
 
@@ -31,13 +29,7 @@ def probe(tmp_path: Path, nproc: int, overrides: list[str]) -> list[dict]:
     from tuneforge.runner.start import prepare_run_dir
 
     run_dir = prepare_run_dir(compose([*overrides, f"trainer.nproc={nproc}"]), tmp_path / "run")
-    port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.contracts.adapter_probe", str(run_dir)], cwd=ROOT,
-                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc),
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(nproc)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    spawn_ranks("tests.contracts.adapter_probe", run_dir, nproc)
     return torch.load(run_dir / "probe.pt", weights_only=False)
 
 

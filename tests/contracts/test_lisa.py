@@ -9,17 +9,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, ok, train_losses, tuneforge
+from tests.conftest import ok, spawn_ranks, train_losses, tuneforge
 from tuneforge.config.compose import compose
-from tuneforge.distributed.dist import free_port
 from tuneforge.runner.start import prepare_run_dir
 
 PERIOD = 2
@@ -32,13 +28,7 @@ def probe(tmp_path, nproc: int, *overrides: str) -> tuple[list[dict], list[float
     accum = 2 // nproc  # global batch 4 in every layout
     cfg = compose([*BASE, f"trainer.nproc={nproc}", f"trainer.grad_accum={accum}", *overrides])
     run_dir = prepare_run_dir(cfg, tmp_path / "run")
-    port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.contracts.lisa_probe", str(run_dir)], cwd=ROOT,
-                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc),
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(nproc)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    spawn_ranks("tests.contracts.lisa_probe", run_dir, nproc)
     return torch.load(run_dir / "probe.pt", weights_only=False), train_losses(run_dir)
 
 

@@ -16,6 +16,7 @@ from tests.contracts.test_peft_family import Row, make
 from tuneforge.config.checks import cross_axis_warnings
 from tuneforge.config.compose import build_specs, compose
 from tuneforge.errors import InputError
+from tuneforge.models.footprint import SavedForBackward
 from tuneforge.models.layers import unwrap
 from tuneforge.peft.lst.apply import Lst, side_of
 from tuneforge.peft.lst.spec import LstSpec
@@ -57,21 +58,12 @@ def saved_bytes(row: Row, tmp_path) -> int:
     The LM head and loss are the same for every method and excluded: on the tiny model their vocabulary-wide
     logits would dominate all methods alike."""
     model, _, batch, *_ = make(row, tmp_path)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward(model) as saved:
         hidden = unwrap(model).get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                              use_cache=False).last_hidden_state
     hidden.float().pow(2).mean().backward()
-    return sum(seen.values())
+    return saved.bytes
 
 
 def test_saved_activations_far_below_lora(tmp_path):

@@ -88,3 +88,32 @@ def table(config, specs: dict, world: int) -> list[dict]:
         out.append({"method": label, "chosen": method == chosen, "trainable": n, "total_params": p.total,
                     **per_rank_bytes(p, n, z, world, half)})
     return out
+
+
+class SavedForBackward:
+    """Measured, not predicted: bytes autograd keeps for backward while the block runs (each storage counted once,
+    the model's parameters excluded). `with SavedForBackward(model) as saved: loss = ...; then saved.bytes`."""
+
+    def __init__(self, model: nn.Module):
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.seen: dict[int, int] = {}
+
+    def _pack(self, t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self.params:
+            self.seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self):
+        import torch
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.seen.values())
