@@ -51,5 +51,10 @@ def positive(spec, *names: str, allow_zero: bool = False) -> list[str]:
     return out
 
 
+def has_targets(spec) -> list[str]:
+    """Adapter methods: at least one target module."""
+    return [] if spec.target_modules else ["target_modules is empty: list module names or use ['all-linear']"]
+
+
 def help_of(cls) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, one_of, positive
+from tuneforge.config.spec import Spec, has_targets, knob, one_of, positive
 
 
 @dataclass
@@ -31,4 +31,4 @@ class DseeSpec(Spec):
             out.append(f"prune_sparsity={self.prune_sparsity} needs prune=unstructured, rows or heads")
         if self.prune != "none" and self.prune_sparsity == 0:
             out.append(f"prune={self.prune} needs prune_sparsity > 0")
-        return out + ([] if self.target_modules else ["target_modules is empty: list module names or use ['all-linear']"])
+        return out + has_targets(self)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, positive
+from tuneforge.config.spec import Spec, has_targets, knob, positive
 
 
 @dataclass
@@ -19,6 +19,5 @@ class LoraSpec(Spec):
         out = positive(self, "r", "alpha")
         if not 0 <= self.dropout < 1:
             out.append(f"dropout={self.dropout} must be in [0, 1)")
-        if not self.target_modules:
-            out.append("target_modules is empty: list module names or use ['all-linear']")
+        out += has_targets(self)
         return out + ([] if self.bias in ("none", "all", "lora_only") else [f"bias={self.bias!r}: none, all or lora_only"])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, positive
+from tuneforge.config.spec import Spec, has_targets, knob, positive
 
 
 @dataclass
@@ -18,7 +18,7 @@ class BlockSpec(Spec):
         out = positive(self, "r")
         if not 0 <= self.dropout < 1:
             out.append(f"dropout={self.dropout} must be in [0, 1)")
-        return out + ([] if self.target_modules else ["target_modules is empty: list module names or use ['all-linear']"])
+        return out + has_targets(self)
 
 
 @dataclass

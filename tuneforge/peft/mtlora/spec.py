@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, positive
+from tuneforge.config.spec import Spec, has_targets, knob, positive
 
 
 @dataclass
@@ -19,8 +19,7 @@ class MtLoraSpec(Spec):
         out = positive(self, "r", "task_r", "alpha")
         if not 0 <= self.dropout < 1:
             out.append(f"dropout={self.dropout} must be in [0, 1)")
-        if not self.target_modules:
-            out.append("target_modules is empty: list module names or use ['all-linear']")
+        out += has_targets(self)
         if len(set(self.tasks)) != len(self.tasks):
             out.append(f"tasks={self.tasks} lists a task twice")
         return out

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, positive
+from tuneforge.config.spec import Spec, has_targets, knob, positive
 
 
 @dataclass
@@ -26,4 +26,4 @@ class SwitchLoraSpec(Spec):
             out.append(f"descent_ratio={self.descent_ratio} must be in (0, 10]")
         if 0 < self.pool <= self.r:
             out.append(f"pool={self.pool} must exceed r={self.r} (there must be candidates to switch to)")
-        return out + ([] if self.target_modules else ["target_modules is empty: list module names or use ['all-linear']"])
+        return out + has_targets(self)

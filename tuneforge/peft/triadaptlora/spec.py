@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, one_of, positive
+from tuneforge.config.spec import Spec, has_targets, knob, one_of, positive
 
 
 @dataclass
@@ -24,4 +24,4 @@ class TriAdaptLoraSpec(Spec):
         out += positive(self, "warmup", allow_zero=True) + one_of(self, "growth", ("linear", "exponential"))
         if not self.r_init <= self.reference_rank <= self.r_max:
             out.append(f"need r_init <= reference_rank <= r_max (got {self.r_init}, {self.reference_rank}, {self.r_max})")
-        return out + ([] if self.target_modules else ["target_modules is empty: list module names or use ['all-linear']"])
+        return out + has_targets(self)
