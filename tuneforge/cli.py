@@ -47,18 +47,18 @@ def _quiet_libraries() -> None:
 
 def cmd_train(args) -> int:
     from tuneforge.config.checks import cross_axis_warnings
-    from tuneforge.config.compose import build_specs, compose
+    from tuneforge.config.run import Run
     from tuneforge.runner.start import preflight, prepare_run_dir, start
     from tuneforge.runner.sweep import run_sweep
 
     if args.multirun:
         return run_sweep(args.overrides)
-    cfg = compose(args.overrides)
-    for w in cross_axis_warnings(build_specs(cfg)):
+    run = Run.compose(args.overrides)
+    for w in cross_axis_warnings(run.specs):
         _console().print(f"[yellow]warning:[/] {w}")
-    preflight(cfg)
-    run_dir = prepare_run_dir(cfg)
-    code = start(cfg, run_dir)
+    preflight(run)
+    run_dir = prepare_run_dir(run)
+    code = start(run)
     _console().print(f"run dir: {run_dir}")
     return code
 
@@ -67,22 +67,21 @@ def cmd_show(args) -> int:
     from omegaconf import OmegaConf
     from rich.syntax import Syntax
 
-    from tuneforge.config.compose import build_specs, compose
+    from tuneforge.config.run import Run
+    from tuneforge.distributed.ds_config import run_ds_config
     from tuneforge.logging import secrets
-    from tuneforge.runner.start import run_ds_config
 
-    cfg = compose(args.overrides)
-    specs = build_specs(cfg)
-    secrets.absorb(cfg)
+    run = Run.compose(args.overrides)
+    secrets.absorb(run.cfg)
     con = _console()
     if args.doc:
-        return _show_doc(con, specs)
-    con.rule(f"resolved config: recipe={cfg.recipe}")
-    con.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
-    con.rule(f"DeepSpeed config (world size {cfg.trainer.nproc})")
-    ds = run_ds_config(cfg)
+        return _show_doc(con, run.specs)
+    con.rule(f"resolved config: recipe={run.recipe}")
+    con.print(Syntax(OmegaConf.to_yaml(run.cfg), "yaml", theme="ansi_dark", background_color="default"))
+    con.rule(f"DeepSpeed config (world size {run.world_size})")
+    ds = run_ds_config(run)
     con.print(Syntax(json.dumps(ds, indent=2), "json", theme="ansi_dark", background_color="default"))
-    _show_memory(con, specs, cfg.trainer.nproc)
+    _show_memory(con, run.specs, run.world_size)
     return EXIT_OK
 
 

@@ -15,26 +15,25 @@ import torch
 
 from tests.conftest import spawn_ranks
 from tests.contracts.lisa_probe import snapshot
-from tuneforge.config.compose import compose, load_run_config
-from tuneforge.distributed import optim_state as ostate
+from tuneforge.config.run import Run
 from tuneforge.runner.runner import Runner
 
 
 def states(runner) -> dict[str, dict | None]:
-    return {n: ostate.get(runner.engine, p) for n, p in runner.objective.lm.named_parameters() if p.requires_grad}
+    return {n: runner.engine.state(p) for n, p in runner.objective.lm.named_parameters() if p.requires_grad}
 
 
 def probe(tmp_path: Path, nproc: int, overrides: list[str]) -> list[dict]:
     """Launch the probe on `nproc` ranks for a run composed from `overrides`; rank 0's records."""
     from tuneforge.runner.start import prepare_run_dir
 
-    run_dir = prepare_run_dir(compose([*overrides, f"trainer.nproc={nproc}"]), tmp_path / "run")
+    run_dir = prepare_run_dir(Run.compose([*overrides, f"trainer.nproc={nproc}"]), tmp_path / "run")
     spawn_ranks("tests.contracts.adapter_probe", run_dir, nproc)
     return torch.load(run_dir / "probe.pt", weights_only=False)
 
 
 def main(run_dir: Path) -> int:
-    runner = Runner(load_run_config(run_dir), run_dir)
+    runner = Runner(Run.load(run_dir))
     records = []
     build_engine = runner.build_engine
 
@@ -42,14 +41,14 @@ def main(run_dir: Path) -> int:
         build_engine()
         on_step_start = runner.method.on_step_start
 
-        def hooked(step, run):
-            before, state_before = snapshot(run.objective.lm), states(run)
-            on_step_start(step, run)
-            records.append({"step": step, "before": before, "after": snapshot(run.objective.lm),
-                            "state_before": state_before, "state_after": states(run),
-                            "method": copy.deepcopy(run.method.state_dict()),
-                            "last": copy.deepcopy(getattr(run.method, "last", {})),
-                            "descent": getattr(run.method, "descent_steps", lambda r: 0)(run)})
+        def hooked(ctx):
+            before, state_before = snapshot(ctx.model), states(runner)
+            on_step_start(ctx)
+            records.append({"step": ctx.step, "before": before, "after": snapshot(ctx.model),
+                            "state_before": state_before, "state_after": states(runner),
+                            "method": copy.deepcopy(runner.method.state_dict()),
+                            "last": copy.deepcopy(getattr(runner.method, "last", {})),
+                            "descent": getattr(runner.method, "descent_steps", lambda total: 0)(ctx.total_steps)})
 
         runner.method.on_step_start = hooked
 

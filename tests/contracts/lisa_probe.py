@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.config.compose import load_run_config
+from tuneforge.config.run import Run
 from tuneforge.distributed import dist
 from tuneforge.distributed import optim_state as ostate
 from tuneforge.runner.runner import Runner
@@ -27,11 +27,11 @@ def snapshot(lm) -> dict[str, torch.Tensor]:
 
 
 def main(run_dir: Path) -> int:
-    runner = Runner(load_run_config(run_dir), run_dir)
+    runner = Runner(Run.load(run_dir))
     records = []
 
     def record(step: int) -> None:
-        lm, engine = runner.objective.lm, runner.engine
+        lm, engine = runner.objective.lm, runner.engine.ds
         active = [n for n, p in lm.named_parameters() if p.requires_grad]
         names = [n for n, _ in lm.named_parameters()]
         local = [float(ostate.has_state(engine, p)) for _, p in lm.named_parameters()]  # a rank may hold no shard
@@ -48,9 +48,9 @@ def main(run_dir: Path) -> int:
         build_engine()
         on_step_start = runner.method.on_step_start
 
-        def hooked(step, run):
-            on_step_start(step, run)
-            record(step)
+        def hooked(ctx):
+            on_step_start(ctx)
+            record(ctx.step)
 
         runner.method.on_step_start = hooked
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import ok, spawn_ranks, train_losses, tuneforge
-from tuneforge.config.compose import compose
+from tuneforge.config.run import Run
 from tuneforge.runner.start import prepare_run_dir
 
 PERIOD = 2
@@ -26,8 +26,8 @@ BASE = ["recipe=quickstart_tiny", "peft=lisa", "peft.gamma=2", f"peft.period={PE
 
 def probe(tmp_path, nproc: int, *overrides: str) -> tuple[list[dict], list[float]]:
     accum = 2 // nproc  # global batch 4 in every layout
-    cfg = compose([*BASE, f"trainer.nproc={nproc}", f"trainer.grad_accum={accum}", *overrides])
-    run_dir = prepare_run_dir(cfg, tmp_path / "run")
+    run = Run.compose([*BASE, f"trainer.nproc={nproc}", f"trainer.grad_accum={accum}", *overrides])
+    run_dir = prepare_run_dir(run, tmp_path / "run")
     spawn_ranks("tests.contracts.lisa_probe", run_dir, nproc)
     return torch.load(run_dir / "probe.pt", weights_only=False), train_losses(run_dir)
 

@@ -29,6 +29,7 @@ from tuneforge import registry
 from tuneforge.config.compose import build_specs, compose
 from tuneforge.data.batching import collate
 from tuneforge.data.encode import encode
+from tuneforge.hooks import TrainContext
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, trainable
 from tuneforge.peft.routing import set_tasks
@@ -96,7 +97,7 @@ def train(model, method, batch, steps: int = STEPS) -> list[float]:
     objective, losses = CausalLM(model), []
     model.train()
     for step in range(steps):
-        method.on_step_start(step, None)
+        method.on_step_start(TrainContext(step=step, total_steps=steps, model=model))
         loss = objective(**batch)
         loss.backward()
         opt.step()

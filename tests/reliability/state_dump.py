@@ -11,22 +11,21 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.config.compose import load_run_config
+from tuneforge.config.run import Run
 from tuneforge.distributed import dist
-from tuneforge.distributed import optim_state as ostate
 from tuneforge.runner.runner import Runner
 from tuneforge.runner.weights import _gathered
 
 
 def main(run_dir: Path, out: Path) -> int:
-    runner = Runner(load_run_config(run_dir), run_dir)
+    runner = Runner(Run.load(run_dir))
     try:
         for phase in (runner.setup, runner.select_data, runner.build_model, runner.build_engine):
             phase()
         state, weights = {}, {}
         for name, p in runner.objective.lm.named_parameters():
             if p.requires_grad:
-                state[name] = ostate.get(runner.engine, p)
+                state[name] = runner.engine.state(p)
                 with _gathered(p):
                     weights[name] = p.detach().cpu().clone()
         if dist.is_main():

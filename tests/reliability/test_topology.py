@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import ok, tuneforge
 from tests.reliability.helpers import cut_back, launch, rows, train
-from tuneforge.config.compose import compose
+from tuneforge.config.run import Run
 from tuneforge.runner.start import prepare_run_dir
 
 STEPS = ["trainer.max_steps=14", "trainer.save_every=4", "trainer.keep_last=5", "data.n_train=48"]
@@ -20,9 +20,9 @@ def dump(tmp_path, name, topology, ckpt):
     """Every trainable parameter's value and optimizer state right after resuming from `ckpt`."""
     from tests.reliability.helpers import TINY
 
-    cfg = compose([*TINY, *STEPS, *TOPOLOGY[topology], f"trainer.resume={ckpt}"])
-    run_dir = prepare_run_dir(cfg, tmp_path / name)
-    launch("tests.reliability.state_dump", [str(run_dir), str(tmp_path / f"{name}.pt")], cfg.trainer.nproc)
+    run = Run.compose([*TINY, *STEPS, *TOPOLOGY[topology], f"trainer.resume={ckpt}"])
+    run_dir = prepare_run_dir(run, tmp_path / name)
+    launch("tests.reliability.state_dump", [str(run_dir), str(tmp_path / f"{name}.pt")], run.world_size)
     return torch.load(tmp_path / f"{name}.pt", weights_only=False)
 
 

@@ -172,10 +172,13 @@ def _help(cfg: DictConfig, key: str) -> str:
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    """Compose and validate; raise InputError listing every problem (with fixes) before anything loads.
+    """Compose and validate; raise InputError listing every problem (with fixes) before anything loads."""
+    return compose_with_specs(overrides)[0]
 
-    A bad piece (unknown option, bad key) is reported and left out, so the rest is still checked: one run of
-    the command shows every problem."""
+
+def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
+    """(typed config, specs): what `Run.compose` holds. A bad piece (unknown option, bad key) is reported and
+    left out, so the rest is still checked: one run of the command shows every problem."""
     parsed, problems = _parse(list(overrides))
     recipe = next((str(o.value) for o in reversed(parsed) if o.kind == "recipe"), DEFAULT_RECIPE)
     known = recipes()
@@ -221,12 +224,12 @@ def compose(overrides: list[str]) -> DictConfig:
     n_problems = len(problems)
     specs = build_specs(cfg, problems, skip=bad_groups)
     if not bad_groups and len(problems) == n_problems:
-            from tuneforge.config.checks import cross_axis_problems
+        from tuneforge.config.checks import cross_axis_problems
 
-            problems += cross_axis_problems(specs)
+        problems += cross_axis_problems(specs)
     if problems:
         raise InputError(problems)
-    return cfg
+    return cfg, specs
 
 
 def build_specs(cfg: DictConfig, problems: list[str] | None = None, skip=()) -> dict:

@@ -7,7 +7,7 @@ import copy
 import json
 
 from tuneforge import registry
-from tuneforge.precision.modes import ds_section as precision_section
+from tuneforge.logging import secrets
 
 
 def _zero_section(z) -> dict:
@@ -41,11 +41,17 @@ def ds_config(specs: dict, world_size: int) -> dict:
         "wall_clock_breakdown": False,
         "seed": t.seed,
     }
-    cfg.update(precision_section(specs["precision"]))
+    cfg.update(registry.build("precision", specs["precision"]).ds_section())
     cfg.update(registry.build("optim", o).ds_section(offloaded=z.offload_optimizer != "none"))
     if z.offload_optimizer != "none" and "optimizer" not in cfg:
         cfg["zero_force_ds_cpu_optimizer"] = False
     return cfg
+
+
+def run_ds_config(run) -> dict:
+    """The DeepSpeed config a run uses (`run`: tuneforge.config.run.Run): generated for its world size (nodes x
+    ranks per node), the user's raw JSON merged over, secret-named keys masked."""
+    return secrets.redact_json(with_override(ds_config(run.specs, run.world_size), run.cfg.deepspeed))
 
 
 def with_override(cfg: dict, raw_json_path: str | None) -> dict:

@@ -1,7 +1,11 @@
-"""Launchers start the ranks of one run. Interface: `Launcher(spec).launch(run_dir, nproc, log) -> exit code`.
+"""Launchers start the ranks of one run. Interface: `Launcher(spec).launch(run, log) -> exit code`, where `run`
+(tuneforge.config.run.Run) knows its run directory, its nodes (`launcher.nnodes`) and ranks per node
+(`trainer.nproc`): world size = nodes x ranks per node, the number the DeepSpeed config and the batch plan use.
 
-`local` spawns `nproc` worker processes on this machine (torchrun-style env: RANK, LOCAL_RANK, WORLD_SIZE,
-MASTER_ADDR, MASTER_PORT) and watches them: if one fails, the others are stopped (SIGTERM, then SIGKILL after
+`local` spawns this node's `trainer.nproc` worker processes (torchrun-style env: RANK = node_rank x nproc +
+local rank, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and watches them. With launcher.nnodes > 1 the
+same command is run once per node with launcher.node_rank=0..nnodes-1 and a fixed launcher.master_addr/port
+(node 0's address), as with torchrun's static rendezvous. It watches its ranks: if one fails, the others are stopped (SIGTERM, then SIGKILL after
 `launcher.grace_s`) and the failing rank is named. SIGTERM / SIGUSR1 sent to the launcher are forwarded to every
 rank (they then commit a checkpoint and exit with code 3). Ranks die with the launcher (PR_SET_PDEATHSIG), so
 no rank outlives it.
@@ -21,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.config.spec import Spec, knob
+from tuneforge.config.spec import Spec, knob, positive
 from tuneforge.registry import register
 
 
@@ -31,6 +35,17 @@ class LauncherSpec(Spec):
     master_addr: str = knob("127.0.0.1", "rendezvous address")
     master_port: int = knob(0, "rendezvous port (0: pick a free one)")
     grace_s: float = knob(30.0, "seconds the other ranks get to exit after one fails, before being killed")
+    nnodes: int = knob(1, "nodes (machines) in the run; world size = nnodes x trainer.nproc")
+    node_rank: int = knob(0, "this node's index, 0 .. nnodes-1 (node 0 hosts the rendezvous)")
+
+    def problems(self):
+        out = positive(self, "nnodes") + positive(self, "master_port", "node_rank", allow_zero=True)
+        if not 0 <= self.node_rank < max(self.nnodes, 1):
+            out.append(f"node_rank={self.node_rank} must be in 0 .. nnodes-1 = {self.nnodes - 1}")
+        if self.nnodes > 1 and self.master_port == 0:
+            out.append("nnodes > 1 needs a fixed rendezvous port every node agrees on: set launcher.master_port "
+                       "(e.g. 29500) and launcher.master_addr=<node 0's address>")
+        return out
 
 
 def worker_cmd(run_dir: Path) -> list[str]:
@@ -52,19 +67,20 @@ class LocalLauncher:
     def __init__(self, spec: LauncherSpec):
         self.spec = spec
 
-    def launch(self, run_dir: Path, nproc: int, log: Path | None = None) -> int:
+    def launch(self, run, log: Path | None = None) -> int:
         from tuneforge.distributed.dist import free_port
 
+        nproc, first = run.ranks_per_node, self.spec.node_rank * run.ranks_per_node
         port = self.spec.master_port or free_port()
         threads = max(1, (os.cpu_count() or 1) // nproc)
         out = open(log, "a") if log else None  # noqa: SIM115 - closed below
         procs = []
         try:
             for r in range(nproc):
-                env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
+                env = dict(os.environ, RANK=str(first + r), LOCAL_RANK=str(r), WORLD_SIZE=str(run.world_size),
                            MASTER_ADDR=self.spec.master_addr, MASTER_PORT=str(port),
                            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)), PYTHONUNBUFFERED="1")
-                procs.append(subprocess.Popen(worker_cmd(run_dir), env=env, stdout=out, preexec_fn=_die_with_parent,
+                procs.append(subprocess.Popen(worker_cmd(run.run_dir), env=env, stdout=out, preexec_fn=_die_with_parent,
                                               stderr=subprocess.STDOUT if out else None))
             with _forwarding((signal.SIGTERM, signal.SIGUSR1), procs):
                 return self._watch(procs)

@@ -7,11 +7,11 @@
     wrap(m, names, make)   replace each target by make(index, name, linear)
     merge(m, post)         fold every adapter into its base weight (post(W) may prune it) and put the plain
                            nn.Linear back: the result is a plain Hugging Face model (export)
-    write(run, p, value, reset)
+    write(engine, p, value, reset)
                            set a trainable parameter's value everywhere the engine keeps it (the weights the
                            forward reads and the optimizer's fp32 master) and zero its Adam moments at index
                            `reset`, leaving every other element of the optimizer state untouched (any ZeRO
-                           stage that tuneforge.distributed.optim_state supports; `run=None`: weights only)
+                           stage that tuneforge.distributed.optim_state supports; `engine=None`: weights only)
 """
 
 from __future__ import annotations
@@ -90,21 +90,20 @@ def row_index(dim: int, rows) -> tuple:
 
 
 @torch.no_grad()
-def write(run, p: nn.Parameter, value: torch.Tensor, reset: tuple | None = None) -> bool:
-    """Returns whether optimizer state was found (and its `reset` rows zeroed)."""
-    from tuneforge.distributed import optim_state as ostate
+def write(engine, p: nn.Parameter, value: torch.Tensor, reset: tuple | None = None) -> bool:
+    """Returns whether optimizer state was found (and its `reset` rows zeroed). `engine`: ctx.engine or None."""
+    from tuneforge.distributed.optim_state import MOMENTS
 
     assign(p, value)
-    engine = getattr(run, "engine", None)
-    state = ostate.get(engine, p) if engine is not None else None
+    state = engine.state(p) if engine is not None else None
     if state is None:
         return False
     if "fp32" in state:
         state["fp32"] = value.to(state["fp32"].dtype).view(state["fp32"].shape)
     if reset is not None:
-        for m in ostate.MOMENTS:
+        for m in MOMENTS:
             state[m].view(p.shape)[reset] = 0
-    ostate.put(engine, p, state)
+    engine.put_state(p, state)
     return True
 
 

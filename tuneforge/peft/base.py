@@ -5,9 +5,10 @@
     apply(model, ctx)     freeze / attach modules; return the model to train (ctx: MethodContext)
     param_groups(model)   optimizer parameter groups (default: one group of the trainable parameters)
     trained_names(model)  parameters whose values training may change: saved in final weights and checkpoints
-    on_step_start(step, run)
-                          optional: act during training (e.g. LISA switching layers); `run` is the Runner,
-                          whose `rebuild_engine()` re-creates the DeepSpeed engine for a new trainable set
+    on_train_start(ctx) / on_step_start(ctx)
+                          optional in-training hooks (`tuneforge.hooks`; e.g. LISA switching layers): ctx is a
+                          TrainContext (step, total steps, engine, model, log, metrics); `ctx.engine.rebuild()`
+                          re-creates the DeepSpeed engine for a new trainable set
     state_dict() / load_state_dict(state)
                           JSON-able method state saved in checkpoints (e.g. LISA's active layers)
     merged(model)         a plain Hugging Face model for export (adapters merged into the weights)
@@ -30,6 +31,8 @@ from typing import Any
 
 from torch import nn
 
+from tuneforge.hooks import Hooks
+
 
 @dataclass
 class MethodContext:
@@ -45,7 +48,7 @@ class MethodContext:
     log: Any = None
 
 
-class TuningMethod:
+class TuningMethod(Hooks):
     hf_export = True  # `tuneforge export` writes a plain HF model (AutoModelForCausalLM.from_pretrained(out))
 
     def __init__(self, spec):
@@ -63,9 +66,6 @@ class TuningMethod:
 
     def trained_names(self, model: nn.Module) -> set[str]:
         return {n for n, _ in trainable(model)}
-
-    def on_step_start(self, step: int, run) -> None:
-        pass
 
     def state_dict(self) -> dict:
         return {}

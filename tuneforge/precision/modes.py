@@ -1,5 +1,11 @@
 """`precision=fp32|bf16|fp16`.
 
+A precision mode is a registered builder with four doors: `autocast(device)` for the forward, `apply(model)`
+after the tuning method, `ds_section()` (its part of the DeepSpeed config) and `optimizer(groups, optim)` (the
+client optimizer handed to DeepSpeed; by default the `optim` group's own, None when DeepSpeed builds it from
+its config). A mode that compresses optimizer states (COAT) returns its own optimizer here. Modes are also
+in-training hooks (`tuneforge.hooks`), e.g. for scale bookkeeping.
+
 - fp32: everything in fp32 (the reference).
 - bf16: autocast to bf16 for matmuls, fp32 weights, gradients and optimizer (works on CPU; fast only where the
   CPU has AMX/AVX512-BF16 or on GPUs). Set precision.params=bf16 to also store weights in bf16 (DeepSpeed
@@ -13,6 +19,7 @@ import contextlib
 from dataclasses import dataclass
 
 from tuneforge.config.spec import Spec, knob, one_of
+from tuneforge.hooks import Hooks
 from tuneforge.registry import register
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -42,7 +49,7 @@ def torch_dtype(name: str):
 @register("precision", "fp32", config=PrecisionSpec)
 @register("precision", "bf16", config=PrecisionSpec)
 @register("precision", "fp16", config=PrecisionSpec)
-class Precision:
+class Precision(Hooks):
     def __init__(self, spec: PrecisionSpec):
         self.spec = spec
 
@@ -56,11 +63,15 @@ class Precision:
     def apply(self, model):
         return model
 
+    def ds_section(self) -> dict:
+        """DeepSpeed's mixed-precision engine section (pure)."""
+        s = self.spec
+        if s.params == "bf16":
+            return {"bf16": {"enabled": True, "check_grad_overflow": True}}  # skip steps with non-finite gradients
+        if s.params == "fp16":
+            return {"fp16": {"enabled": True, "loss_scale": s.loss_scale, "initial_scale_power": s.initial_scale_power}}
+        return {}
 
-def ds_section(spec: PrecisionSpec) -> dict:
-    """DeepSpeed's mixed-precision engine section (pure)."""
-    if spec.params == "bf16":
-        return {"bf16": {"enabled": True, "check_grad_overflow": True}}  # skip steps with non-finite gradients
-    if spec.params == "fp16":
-        return {"fp16": {"enabled": True, "loss_scale": spec.loss_scale, "initial_scale_power": spec.initial_scale_power}}
-    return {}
+    def optimizer(self, groups: list[dict], optim):
+        """The client optimizer for DeepSpeed (`optim`: the built `optim` group option)."""
+        return optim.build(groups)

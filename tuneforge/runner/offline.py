@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from tuneforge import registry
-from tuneforge.config.compose import build_specs, load_run_config
+from tuneforge.config.run import Run
 from tuneforge.data.encode import encode
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext
@@ -21,7 +21,7 @@ from tuneforge.runner.weights import FILE, load_named
 
 
 def rebuild(run_dir: Path):
-    specs = build_specs(load_run_config(run_dir))
+    specs = Run.load(run_dir).specs
     tok = load_tokenizer(specs["model"])
     ctx = MethodContext(seed=specs["trainer"].seed, tokenizer=tok, run_dir=Path(run_dir), specs=specs)
     model, method = build(specs, tok, ctx)

@@ -1,47 +1,50 @@
-"""Runner(cfg, run_dir).run(): the phases of one run, top to bottom, each short and logged.
+"""Runner(run).run(): the phases of one run, top to bottom, each short and logged.
 
     setup         device, threads, process group, seeds, console and metrics
     select_data   load + validate rows, tokenize, select (rank 0, broadcast), pack, plan batches
-    build_model   load -> quantize -> apply the tuning method -> precision
-    build_engine  deepspeed.initialize with ds_config(cfg); resume from a checkpoint if asked
-    train         the loop: method hook, micro-batches, optimizer step, log, eval, checkpoint
+    build_model   load -> quantize -> apply the tuning method -> precision; a selector that scores samples
+                  with the model selects now
+    build_engine  the Engine (DeepSpeed engine around the method's parameter groups); resume if asked
+    train         the loop: hooks, micro-batches, optimizer step, log, eval, checkpoint
     save          final checkpoint, trained weights, probe logits, summary.json
     teardown      close sinks, destroy the process group
+
+Tuning methods, data selectors and precision modes act during training only through their hooks
+(`tuneforge.hooks`), called the same way with a TrainContext.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import resource
 import signal
 import time
 import traceback
-import types
-import weakref
 import zlib
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from rich.markup import escape
 
 from tuneforge import registry
-from tuneforge.config.compose import build_specs
-from tuneforge.data.batching import BatchPlan, collate
-from tuneforge.data.encode import encode, pack
+from tuneforge.config.run import Run
+from tuneforge.data.batching import collate
+from tuneforge.data.encode import encode
 from tuneforge.distributed import dist
+from tuneforge.distributed.ds_config import run_ds_config
 from tuneforge.errors import EXIT_FAILED, EXIT_OK, Diverged, InputError, Preempted, RunError
+from tuneforge.hooks import TrainContext
 from tuneforge.logging import secrets
 from tuneforge.logging.console import Console, fmt_duration
 from tuneforge.logging.metrics import Metrics
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, count, trainable
 from tuneforge.runner import checkpoint, evaluate, faults
+from tuneforge.runner.engine import Engine
 from tuneforge.runner.model import build as build_lm
 from tuneforge.runner.objective import CausalLM
-from tuneforge.runner.start import run_ds_config
+from tuneforge.runner.trainset import TrainSet
 from tuneforge.runner.weights import FILE as WEIGHTS
 from tuneforge.runner.weights import save_named
 from tuneforge.selection import SelectionContext
@@ -59,25 +62,10 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def skip_nonfinite_steps(opt) -> None:
-    """ZeRO-0 with fp32 weights hands gradients straight to the torch optimizer, which would apply NaN/Inf: make
-    its step a no-op, flagged as an overflow so DeepSpeed counts it skipped, when any rank's gradient is not
-    finite. The other engines (ZeRO 1-3, bf16/fp16) already skip on a non-finite gradient norm."""
-    step = opt.step
-
-    def guarded(self, *args, **kwargs):
-        bad = any(not bool(torch.isfinite(p.grad).all()) for g in self.param_groups for p in g["params"]
-                  if p.grad is not None)
-        self.overflow = bool(dist.all_sum([bad])[0])
-        return None if self.overflow else step(*args, **kwargs)
-
-    opt.step = types.MethodType(guarded, opt)  # a bound method, as LR schedulers expect
-
-
 class Runner:
-    def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.specs = build_specs(cfg)
+    def __init__(self, run: Run):
+        self.run_spec, self.cfg, self.specs = run, run.cfg, run.specs
+        self.run_dir = run.run_dir
         self.t = self.specs["trainer"]
         self.step = 0
         self.history: dict[str, list] = {"loss": [], "eval": []}
@@ -118,8 +106,12 @@ class Runner:
     def setup(self) -> None:
         self.device = pick_device(self.t.device)
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        torch.set_num_threads(self.t.threads or max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(self.t.threads or max(1, (os.cpu_count() or 1) // max(1, world // self.run_spec.nodes)))
         dist.init(self.device, self.t.dist_timeout_s)
+        if dist.world() != self.run_spec.world_size:
+            raise InputError([f"{dist.world()} ranks joined, but the run is for {self.run_spec.world_size} "
+                              f"(launcher.nnodes={self.run_spec.nodes} x trainer.nproc={self.run_spec.ranks_per_node})"
+                              ": start it with `tuneforge train` or set WORLD_SIZE to match"])
         self._previous_handlers = {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
         if self.device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -137,35 +129,41 @@ class Runner:
         self.tok = load_tokenizer(self.specs["model"])
         loaded = registry.build("data", spec).load(self.t.seed)
         report = loaded.report
-        train = encode(loaded.train, self.tok, spec, report)
+        pool = encode(loaded.train, self.tok, spec, report)
         self.eval_examples = loaded.eval[: self.t.eval_max_samples or None]
         self.eval_samples = encode(self.eval_examples, self.tok, spec, report)
         if report.bad:
             self.console.print(f"[yellow]data:[/] {report.bad} rows skipped: " + "; ".join(report.lines()))
-        ctx = SelectionContext(seed=self.t.seed, tokenizer=self.tok, run_dir=self.run_dir)
-        chosen = registry.build("selection", self.specs["selection"]).select(train, ctx) if dist.is_main() else None
-        chosen = dist.broadcast_object(chosen)
-        train = [train[i] for i in chosen]
-        self.train_samples = pack(train, spec.max_length) if spec.packing else train
-        self.plan = BatchPlan(len(self.train_samples), self.t.micro_batch_size, self.t.grad_accum, dist.world(), self.t.seed)
-        if self.plan.steps_per_epoch == 0:
-            raise InputError([f"{len(self.train_samples)} training samples are fewer than one global batch "
-                              f"({self.plan.global_batch} = micro_batch_size x grad_accum x ranks): lower "
+        self.data = TrainSet(pool, spec, self.t, dist.world())
+        self.selector = registry.build("selection", self.specs["selection"])
+        if not self.selector.needs_model:
+            self.select()
+
+    def select(self, model=None) -> None:
+        """The selector's choice: on rank 0 (it may write caches), or on every rank when it runs the model
+        (ZeRO-3 forwards are collective); rank 0's choice is broadcast either way."""
+        ctx = SelectionContext(seed=self.t.seed, tokenizer=self.tok, run_dir=self.run_dir, model=model)
+        chosen = self.selector.select(self.data.pool, ctx) if model is not None or dist.is_main() else None
+        self.data.use(dist.broadcast_object(chosen))
+        spec, plan = self.specs["data"], self.data.plan
+        if plan.steps_per_epoch == 0:
+            raise InputError([f"{len(self.data.samples)} training samples are fewer than one global batch "
+                              f"({plan.global_batch} = micro_batch_size x grad_accum x ranks): lower "
                               "trainer.micro_batch_size / grad_accum or add data"], title="bad dataset")
-        self.total_steps = self.plan.total_steps(self.t.max_steps, self.t.epochs)
-        self.console.print(f"data: {len(train)} train samples ({len(self.train_samples)} sequences"
+        self.total_steps = plan.total_steps(self.t.max_steps, self.t.epochs)
+        self.console.print(f"data: {len(self.data.chosen)} train samples ({len(self.data.samples)} sequences"
                            f"{', packed' if spec.packing else ''}), {len(self.eval_samples)} eval; "
-                           f"{self.total_steps} steps x {self.plan.global_batch} samples")
+                           f"{self.total_steps} steps x {plan.global_batch} samples")
 
     def build_model(self) -> None:
         ms = self.specs["model"]
-        self.ds = run_ds_config(self.cfg)
+        self.ds = run_ds_config(self.run_spec)
         self.zero3 = self.ds["zero_optimization"]["stage"] == 3
         if self.zero3 and ms.init == "pretrained":  # load straight into ZeRO-3 partitions (zero.Init)
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)
-        ctx = MethodContext(seed=self.t.seed, tokenizer=self.tok, train_samples=self.train_samples,
+        ctx = MethodContext(seed=self.t.seed, tokenizer=self.tok, train_samples=self.data.samples,
                             run_dir=self.run_dir, specs=self.specs, log=self.console.print)
         model, self.method = build_lm(self.specs, self.tok, ctx, zero3=self.zero3)
         self.objective = CausalLM(model)
@@ -173,23 +171,40 @@ class Runner:
         self.counts = {"trainable_params": n_train, "total_params": n_all}
         self.console.print(f"model: {type(model).__name__} {n_all / 1e6:.1f}M params, {n_train / 1e6:.2f}M trainable "
                            f"({100 * n_train / max(n_all, 1):.2f}%) peft={self.specs['peft'].name}")
+        if self.selector.needs_model:
+            self.select(model)
 
     def build_engine(self) -> None:
         ckpt = checkpoint.resolve(self.t.resume, self.run_dir, self.console)
-        universal = False
+        universal, meta = False, {}
         if ckpt is not None:  # the method's state decides the optimizer's structure: restore it first
             meta = checkpoint.read_meta(ckpt)
             self.step, self.skipped, self.bad_streak = meta["step"], meta.get("skipped_steps", 0), meta.get("bad_streak", 0)
             self.method.load_state_dict(meta.get("method", {}))
+            self.data.load_state_dict(meta.get("data", {}))
             universal = checkpoint.needs_universal(ckpt, dist.world(), self.ds["zero_optimization"]["stage"])
-        self.make_engine()
+        self.engine = Engine(self.objective, self.ds, self.specs, self.precision, self.device,
+                             meta.get("total_steps", self.total_steps))
+        self.engine.build(self.method.param_groups(self.objective.lm), start_step=self.step)
         if ckpt is not None:
-            client = checkpoint.load(self.engine, ckpt, self.objective.lm, universal)
+            client = checkpoint.load(self.engine.ds, ckpt, self.objective.lm, universal)
             self.history = client.get("history", self.history)
             self.console.print(f"resumed from {ckpt} at step {self.step}")
             self.metrics.truncate(self.step)
+            if self.engine.total_steps != self.total_steps:
+                self.console.print(f"schedule: the run now has {self.total_steps} steps (it had "
+                                   f"{self.engine.total_steps}): the learning-rate schedule is rebuilt for "
+                                   f"{self.total_steps} steps, continuing at step {self.step}")
+                self.engine.reset_schedule(self.total_steps)
         elif self.t.resume == "auto":
             self.console.print("resume=auto: no checkpoint in the run directory, starting fresh")
+        self.hooks = [self.method, self.selector, self.precision]
+        for hook in self.hooks:
+            hook.on_train_start(self.context())
+
+    def context(self) -> TrainContext:
+        return TrainContext(step=self.step, total_steps=self.total_steps, engine=self.engine, model=self.objective.lm,
+                            log=self.console.print, metrics=self.metrics.log, run_dir=self.run_dir, data=self.data)
 
     def train(self) -> None:
         t = self.t
@@ -213,37 +228,38 @@ class Runner:
     def train_step(self) -> dict:
         """One optimizer step over this rank's micro-batches; a step with a non-finite loss or gradient norm is
         skipped by the engine (parameters unchanged) and counted."""
-        t0 = time.time()  # the step's time includes the method's own work (e.g. a LISA switch)
+        t0 = time.time()  # the step's time includes the hooks' own work (e.g. a LISA switch)
         faults.at_step(self.step)
-        self.method.on_step_start(self.step, self)
-        lr = self.engine.get_lr()[0]
+        ctx = self.context()
+        for hook in self.hooks:
+            hook.on_step_start(ctx)
+        lr, plan, samples = self.engine.lr, self.data.plan, self.data.samples
         loss_sum, tokens = 0.0, 0
-        for micro, idx in enumerate(self.plan.micro_batches(self.step, dist.rank())):
-            batch = {k: v.to(self.device) for k, v in collate([self.train_samples[i] for i in idx],
-                                                             self.tok.pad_token_id).items()}
+        for micro, idx in enumerate(plan.micro_batches(self.step, dist.rank())):
+            batch = {k: v.to(self.device) for k, v in collate([samples[i] for i in idx], self.tok.pad_token_id).items()}
             with self.autocast():
-                loss = self.engine(**batch)
+                loss = self.engine.forward(batch)
             if faults.active("nan", "loss", self.step):
                 loss = loss * float("nan")
             self.engine.backward(loss)
-            self.engine.step()
+            self.engine.micro_step()
             faults.at_micro(self.step, micro)
             loss_sum += loss.item()
             del loss  # the loss's backward hooks reference the engine: never keep it across steps
             tokens += int((batch["segments"] > 0).sum() if "segments" in batch else batch["attention_mask"].sum())
-        applied = self.engine.was_step_applied()
+        applied = self.engine.step_applied()
         loss_sum, tokens = dist.all_sum([loss_sum, tokens])
-        samples = zlib.crc32(str(self.plan.global_batch_indices(self.step)).encode())
+        crc = zlib.crc32(str(plan.global_batch_indices(self.step)).encode())
         self.step += 1
         row = {"step": self.step, "loss": loss_sum / (self.t.grad_accum * dist.world()), "lr": lr,
                "tokens_per_s": tokens / max(time.time() - t0, 1e-9),
-               "epoch": (self.step - 1) // self.plan.steps_per_epoch, "samples": samples}
+               "epoch": (self.step - 1) // plan.steps_per_epoch, "samples": crc}
         if applied:
             self.bad_streak = 0
             self.history["loss"].append(row["loss"])
             return row
         self.skipped, self.bad_streak = self.skipped + 1, self.bad_streak + 1
-        self.engine.lr_scheduler.step()  # the engine holds the schedule on a skipped step; keep it on the step count
+        self.engine.advance_schedule()
         self.console.print(f"[yellow]warning:[/] step {self.step}: non-finite loss or gradients, step skipped "
                            f"({self.bad_streak} in a row, {self.skipped} in total)")
         if self.bad_streak >= self.t.max_bad_steps:
@@ -280,46 +296,6 @@ class Runner:
                 getattr(self, sink).close()
         dist.shutdown()
 
-    # ---------------------------------------------------------------- engine
-    def make_engine(self) -> None:
-        """A DeepSpeed engine over the method's parameter groups; the LR schedule continues from self.step."""
-        import deepspeed
-
-        groups = self.method.param_groups(self.objective.lm)
-        client_opt = registry.build("optim", self.specs["optim"]).build(groups)
-        sched = registry.build("sched", self.specs["sched"], self.total_steps)
-        plain = self.ds["zero_optimization"]["stage"] == 0 and not ({"bf16", "fp16"} & set(self.ds))
-
-        def schedule(opt):  # DeepSpeed calls this with the optimizer it built
-            if plain:
-                skip_nonfinite_steps(opt)
-            return sched.build(opt, start_step=self.step)
-
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=self.objective, model_parameters=groups, optimizer=client_opt, config=self.ds, lr_scheduler=schedule)
-        if self.device == "cpu":
-            self.engine.to("cpu")
-
-    def rebuild_engine(self, change) -> None:
-        """Re-create the engine around `change()` (which alters what is trainable): the old optimizer and its
-        partitions are released first, so state exists only for what the new engine trains."""
-        old = self.engine
-        old.destroy()
-        for hook in (old.module_forward_pre_hook, old.module_forward_post_hook):  # destroy() leaves these
-            if hook is not None:
-                hook.remove()
-        for p in self.objective.parameters():  # links DeepSpeed leaves on parameters: the old optimizer, fp32 views
-            for attr in ("_z3_optimizer", "_zero_optimizer", "_hp_mapping"):
-                if attr in p.__dict__:
-                    setattr(p, attr, None)
-        released = weakref.ref(old.optimizer)
-        self.engine = self.optimizer = self.scheduler = old = None
-        gc.collect()
-        if released() is not None:
-            raise RuntimeError("the previous DeepSpeed optimizer is still referenced after an engine rebuild")
-        change()
-        self.make_engine()
-
     # ---------------------------------------------------------------- helpers
     def evaluate(self) -> dict:
         if not self.eval_samples:
@@ -350,12 +326,13 @@ class Runner:
         return row
 
     def checkpoint(self) -> None:
-        meta = {"method": self.method.state_dict(), "consumed_samples": self.step * self.plan.global_batch,
-                "epoch": self.step // self.plan.steps_per_epoch}
+        plan = self.data.plan
+        meta = {"method": self.method.state_dict(), "data": self.data.state_dict(), "total_steps": self.total_steps,
+                "consumed_samples": self.step * plan.global_batch, "epoch": self.step // plan.steps_per_epoch}
         lm = self.objective.lm
         frozen = self.method.trained_names(lm) - {n for n, _ in trainable(lm)}
         meta.update(skipped_steps=self.skipped, bad_streak=self.bad_streak)
-        path = checkpoint.save(self.engine, self.run_dir, self.step, {"history": self.history}, meta,
+        path = checkpoint.save(self.engine.ds, self.run_dir, self.step, {"history": self.history}, meta,
                                self.t.keep_last, lm, frozen)
         self.saved_step = self.step
         self.console.print(f"checkpoint: {path}")
@@ -364,7 +341,7 @@ class Runner:
         """Logits of the trained model on a fixed input, for export round-trip checks."""
         from safetensors.torch import save_file
 
-        ids = torch.tensor([(self.eval_samples or self.train_samples)[0].input_ids[:32]], device=self.device)
+        ids = torch.tensor([(self.eval_samples or self.data.samples)[0].input_ids[:32]], device=self.device)
         self.engine.module.eval()
         probe = {"input_ids": ids.cpu()}
         for variant in self.method.variants() or [None]:  # e.g. one model per task: logits.<task>

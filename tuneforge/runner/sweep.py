@@ -21,7 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tuneforge.config.compose import compose, expand_sweep
+from tuneforge.config.compose import expand_sweep
+from tuneforge.config.run import Run
 from tuneforge.distributed import launch
 from tuneforge.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, InputError
 from tuneforge.logging import secrets
@@ -37,21 +38,21 @@ def _slug(overrides: list[str]) -> str:
 def run_sweep(overrides: list[str]) -> int:
     console = Console(highlight=False)
     jobs = expand_sweep(overrides)
-    cfgs, problems = [], []
+    runs, problems = [], []
     for i, job in enumerate(jobs):
         try:
-            cfg = compose(job)
-            preflight(cfg)
-            cfgs.append(cfg)
+            run = Run.compose(job)
+            preflight(run)
+            runs.append(run)
         except InputError as e:
             problems += [f"job {i} ({' '.join(job)}): {p}" for p in e.problems]
     if problems:
         raise InputError(problems, title=f"sweep of {len(jobs)} jobs not started")
-    resume = cfgs[0].trainer.resume == "auto"
-    root = sweep_dir(cfgs[0].trainer.output_dir, [_identity(j) for j in jobs], resume)
+    resume = runs[0].specs["trainer"].resume == "auto"
+    root = sweep_dir(runs[0].specs["trainer"].output_dir, [_identity(j) for j in jobs], resume)
     console.print(f"[bold]sweep[/]: {len(jobs)} jobs -> {root}")
     results, stopped = [], False
-    for i, (job, cfg) in enumerate(zip(jobs, cfgs)):
+    for i, (job, run) in enumerate(zip(jobs, runs)):
         job_dir = root / f"{i}_{_slug(job)}"
         console.print(f"[{i + 1}/{len(jobs)}] {' '.join(job) or '(defaults)'} ... ", end="")
         if resume and _read_summary(job_dir).get("status") == "completed":
@@ -59,7 +60,8 @@ def run_sweep(overrides: list[str]) -> int:
             results.append(_result(i, job, job_dir, 0))
             continue
         t0 = time.time()
-        code = start(cfg, prepare_run_dir(cfg, job_dir), log=job_dir / "train.log")
+        prepare_run_dir(run, job_dir)
+        code = start(run, log=job_dir / "train.log")
         result = _result(i, job, job_dir, code)
         console.print(("[green]" if code == 0 else "[red]") + f"{result['status']}[/] ({fmt_duration(time.time() - t0)})"
                       + ("" if code == 0 else f": see {job_dir / 'train.log'}"))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from tuneforge.config.compose import load_run_config
+    from tuneforge.config.run import Run
     from tuneforge.runner.runner import Runner
 
     run_dir = Path(argv[0])
     for sig in (signal.SIGTERM, signal.SIGUSR1):  # a stop signal after the run has finished changes nothing
         signal.signal(sig, signal.SIG_IGN)
-    return Runner(load_run_config(run_dir), run_dir).run()
+    return Runner(Run.load(run_dir)).run()
 
 
 if __name__ == "__main__":

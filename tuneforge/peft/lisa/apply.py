@@ -23,7 +23,6 @@ import math
 from torch import nn
 
 from tuneforge.distributed import dist
-from tuneforge.distributed import optim_state as ostate
 from tuneforge.errors import InputError
 from tuneforge.models.layers import decoder_layers, layer_of_param, unwrap
 from tuneforge.peft.base import TuningMethod
@@ -129,41 +128,43 @@ class Lisa(TuningMethod):
         return dist.broadcast_object(chosen)
 
     # ------------------------------------------------------------------ training
-    def on_step_start(self, step: int, run) -> None:
-        period = step // self.spec.period
+    def on_step_start(self, ctx) -> None:
+        period = ctx.step // self.spec.period
         if period == self.period:
             return
         self.period = period
         new = self._sample(period)
         if new != self.active:
-            self.switch(new, run)
-            run.console.print(f"lisa: step {step}: layers {new} (state {self.state_numel(run):,} elements)")
-        run.metrics.log({"step": step, "lisa_active": new})
+            self.switch(new, ctx.engine)
+            ctx.log(f"lisa: step {ctx.step}: layers {new} (state {self.state_numel(ctx.engine):,} elements)")
+        ctx.metrics({"step": ctx.step, "lisa_active": new})
 
-    def switch(self, new: list[int], run) -> None:
+    def switch(self, new: list[int], engine) -> None:
         """Rebuild the engine around the new active set, carrying the state of what stays active."""
         params = dict(self.model.named_parameters())
         old = set(self.active)
         staying = self.always + [n for i in sorted(old & set(new)) for n in self.layer_names[i]]
-        carried = {n: ostate.get(run.engine, params[n]) for n in staying}
+        carried = {n: engine.state(params[n]) for n in staying}
         if self.spec.inactive_state == "offload":
             leaving = [n for i in sorted(old - set(new)) for n in self.layer_names[i]]
-            self.stash.update({n: ostate.get(run.engine, params[n]) for n in leaving})
+            self.stash.update({n: engine.state(params[n]) for n in leaving})
 
         def change():
             self.active = new
             self._set_trainable()
+            return self.param_groups(self.model)
 
-        run.rebuild_engine(change)
-        ostate.materialize(run.engine)
+        engine.rebuild(change)
+        engine.materialize()
         returning = {n: self.stash.pop(n) for i in new if i not in old for n in self.layer_names[i] if n in self.stash}
         for n, state in {**carried, **returning}.items():
             if state is not None:
-                ostate.put(run.engine, params[n], state)
+                engine.put_state(params[n], state)
 
-    def state_numel(self, run) -> int:
+    @staticmethod
+    def state_numel(engine) -> int:
         """Optimizer-state elements held across all ranks."""
-        return int(dist.all_sum([ostate.held_numel(run.engine)])[0])
+        return int(dist.all_sum([engine.held_numel()])[0])
 
     def state_dict(self) -> dict:
         return {"active": list(self.active), "period": self.period, "ever": sorted(self.ever)}

@@ -19,8 +19,8 @@ Vectors cycle through the indices (a cursor per matrix); an index whose A or B s
 The authors' optional rank-estimate weighting of candidates is not implemented (candidates drawn uniformly).
 
 Every draw is a pure function of (seed, step, layer), so all ranks switch the same vectors without talking and
-a resumed run switches what the uninterrupted one did. With the real engine (`run` given) the A/B values and the
-moment resets go through tuneforge.distributed.optim_state (ZeRO 0-2); with `run=None` only the weights change.
+a resumed run switches what the uninterrupted one did. With the real engine (`ctx.engine`) the A/B values and the
+moment resets go through the engine's optimizer state (ZeRO 0-2); with `ctx.engine=None` only the weights change.
 Initialisation: B A != 0 at init (the paper's candidate init); W0 absorbs -s B A once, so fine-tuning starts from
 the pretrained function (the paper pre-trains from scratch, where this does not matter).
 """
@@ -67,8 +67,6 @@ class SwitchLora(TuningMethod):
     def apply(self, model, ctx):
         s = self.spec
         self.seed = ctx.seed
-        t = ctx.specs.get("trainer") if ctx.specs else None
-        self.total_steps = t.max_steps if t is not None and t.max_steps > 0 else 1000
         for p in model.parameters():
             p.requires_grad_(False)
         self.layers = list(wrap(model, s.target_modules, lambda i, n, lin: SwitchLoraLinear(
@@ -79,24 +77,23 @@ class SwitchLora(TuningMethod):
     def trained_names(self, model):
         return super().trained_names(model) | {f"{n}.base.weight" for n in adapters(model)}
 
-    def descent_steps(self, run) -> int:
-        total = getattr(run, "total_steps", None) or self.total_steps
-        return self.spec.descent_steps or max(1, round(self.spec.descent_ratio * total))
+    def descent_steps(self, total_steps: int) -> int:
+        return self.spec.descent_steps or max(1, round(self.spec.descent_ratio * total_steps))
 
     @torch.no_grad()
-    def on_step_start(self, step: int, run) -> None:
-        s, n = self.spec, 0
-        expected = expected_switches(step, s.r, s.interval, self.descent_steps(run))
+    def on_step_start(self, ctx) -> None:
+        s, n, step = self.spec, 0, ctx.step
+        expected = expected_switches(step, s.r, s.interval, self.descent_steps(ctx.total_steps))
         for i, layer in enumerate(self.layers):
             if layer.pool > s.r:
                 n += self.switch(layer, step, draw_count(expected, g := generator(self.seed, step, i)),
-                                 draw_count(expected, g), g, run)
+                                 draw_count(expected, g), g, ctx.engine)
             layer.set_frozen(step)
         self.switched += n
-        if run is not None and n:
-            run.metrics.log({"step": step, "switchlora_switched": n})
+        if n:
+            ctx.metrics({"step": step, "switchlora_switched": n})
 
-    def switch(self, layer: SwitchLoraLinear, step: int, n_a: int, n_b: int, g: torch.Generator, run) -> int:
+    def switch(self, layer: SwitchLoraLinear, step: int, n_a: int, n_b: int, g: torch.Generator, engine) -> int:
         """Switch n_a rows of A and n_b columns of B; returns how many vectors were switched."""
         r, until = layer.r, step + self.spec.freeze_steps
 
@@ -126,8 +123,8 @@ class SwitchLora(TuningMethod):
                 layer.sel_b[i], layer.until_a[i] = j, until
             layer.cursor[1] = (cols[-1] + 1) % r
         assign(layer.base.weight, w)
-        write(run, layer.lora_A, a, row_index(0, cols) if cols else None)
-        write(run, layer.lora_B, b, row_index(1, rows) if rows else None)
+        write(engine, layer.lora_A, a, row_index(0, cols) if cols else None)
+        write(engine, layer.lora_B, b, row_index(1, rows) if rows else None)
         return len(rows) + len(cols)
 
     @staticmethod

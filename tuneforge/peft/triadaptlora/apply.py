@@ -43,8 +43,6 @@ def n_growing(remaining: int, progress: float, growth: str) -> int:
 class TriAdaptLora(TuningMethod):
     def apply(self, model, ctx):
         s = self.spec
-        t = ctx.specs.get("trainer") if ctx.specs else None
-        self.total_steps = t.max_steps if t is not None and t.max_steps > 0 else 1000
         for p in model.parameters():
             p.requires_grad_(False)
         gens = lambda i: torch.Generator().manual_seed(ctx.seed * 1_000_003 + i)  # noqa: E731
@@ -58,9 +56,8 @@ class TriAdaptLora(TuningMethod):
         return {n: m.rank for n, m in self.modules.items()}
 
     @torch.no_grad()
-    def on_step_start(self, step: int, run) -> None:
-        s = self.spec
-        total = getattr(run, "total_steps", None) or self.total_steps
+    def on_step_start(self, ctx) -> None:
+        s, step, total = self.spec, ctx.step, ctx.total_steps
         remaining = self.budget - sum(self.ranks().values())
         if step <= s.warmup or (step - s.warmup) % s.grow_every or remaining <= 0:
             return
@@ -75,16 +72,15 @@ class TriAdaptLora(TuningMethod):
         threshold = open_[k - 1]
         grew = [n for n, m in self.modules.items() if m.rank < s.r_max and scores[n] >= threshold and scores[n] > 0]
         for n in grew:
-            self.grow(self.modules[n], run)
+            self.grow(self.modules[n], ctx.engine)
         self.last = {"step": step, "k": k, "threshold": threshold, "grew": grew, "scores": scores, "norms": norms}
-        if run is not None:
-            ranks = self.ranks()
-            run.metrics.log({"step": step, "triadaptlora_grew": len(grew), "triadaptlora_total_rank": sum(ranks.values())})
-            run.console.print(f"triadaptlora: step {step}: {len(grew)} modules grew (k={k}); total rank "
-                              f"{sum(ranks.values())}/{self.budget}; ranks "
-                              + " ".join(f"{n.removeprefix('model.layers.')}={r}" for n, r in ranks.items()))
+        ranks = self.ranks()
+        ctx.metrics({"step": step, "triadaptlora_grew": len(grew), "triadaptlora_total_rank": sum(ranks.values())})
+        ctx.log(f"triadaptlora: step {step}: {len(grew)} modules grew (k={k}); total rank "
+                f"{sum(ranks.values())}/{self.budget}; ranks "
+                + " ".join(f"{n.removeprefix('model.layers.')}={r}" for n, r in ranks.items()))
 
-    def grow(self, m: TriAdaptLinear, run) -> None:
+    def grow(self, m: TriAdaptLinear, engine) -> None:
         """Unmask the next grow_by ranks; their B columns, L rows and U columns start at zero, and the Adam moments
         of every new row/column are zeroed (the rest of the state is untouched)."""
         r0 = m.rank
@@ -94,10 +90,10 @@ class TriAdaptLora(TuningMethod):
         b[:, new], lo[new], up[:, new] = 0, 0, 0
         m.set_rank(r1)
         m.blocks += 1
-        write(run, m.lora_A, m.lora_A.detach().clone(), row_index(0, new))
-        write(run, m.lora_B, b, row_index(1, new))
-        write(run, m.lora_L, lo, row_index(0, new))
-        write(run, m.lora_U, up, row_index(1, new))
+        write(engine, m.lora_A, m.lora_A.detach().clone(), row_index(0, new))
+        write(engine, m.lora_B, b, row_index(1, new))
+        write(engine, m.lora_L, lo, row_index(0, new))
+        write(engine, m.lora_U, up, row_index(1, new))
 
     def state_dict(self):
         return {"ranks": self.ranks(), "blocks": {n: m.blocks for n, m in self.modules.items()},

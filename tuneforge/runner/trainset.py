@@ -1,0 +1,35 @@
+"""The training samples a run uses: the encoded pool, the indices a selector chose from it, the sequences they
+make (packed when data.packing=true) and the batch plan over those sequences.
+
+A selector changes the choice with `use(indices)` -- before training (a static or model-scoring selection) or
+during it (a selector's `on_step_start` re-selecting through `ctx.data`). A choice made during training is
+saved in checkpoints (`state_dict`), so a resumed run trains on exactly what the uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+from tuneforge.data.batching import BatchPlan
+from tuneforge.data.encode import pack
+
+
+class TrainSet:
+    def __init__(self, pool: list, data_spec, trainer_spec, world: int):
+        self.pool, self.data, self.t, self.world = pool, data_spec, trainer_spec, world
+        self.reselected_at: int | None = None
+        self.use(list(range(len(pool))))
+
+    def use(self, chosen: list[int], step: int | None = None) -> None:
+        """Train on pool[chosen] from now on (`step`: the step of a re-selection during training)."""
+        self.chosen = list(chosen)
+        picked = [self.pool[i] for i in self.chosen]
+        self.samples = pack(picked, self.data.max_length) if self.data.packing else picked
+        self.plan = BatchPlan(len(self.samples), self.t.micro_batch_size, self.t.grad_accum, self.world, self.t.seed)
+        if step is not None:
+            self.reselected_at = step
+
+    def state_dict(self) -> dict:
+        return {} if self.reselected_at is None else {"chosen": self.chosen, "reselected_at": self.reselected_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.use(state["chosen"], state["reselected_at"])
