@@ -6,7 +6,7 @@ precision mode that acts while the model trains.
                           a selector re-selecting data)
 
 `ctx` is a TrainContext: the step about to run, the total, the engine (`runner.engine.Engine`: rebuild around a
-new trainable set, per-parameter optimizer state, learning rate), the model, `log(text)` for the console and
+new trainable set, per-parameter optimizer state, learning rate), the model and its tokenizer, `log(text)` for the console and
 `metrics(row)` for the metrics sinks. A hook never imports or touches the runner. Outside a run (unit tests,
 engine-less loops) a TrainContext with `engine=None` is valid: hooks then change weights only.
 """
@@ -28,6 +28,7 @@ class TrainContext:
     total_steps: int = 1
     engine: Any = None  # tuneforge.runner.engine.Engine, or None outside a run
     model: Any = None  # the language model being trained (unwrapped from the engine)
+    tokenizer: Any = None
     log: Callable[[str], None] = _quiet  # a line on the console (rank 0)
     metrics: Callable[[dict], None] = _quiet  # a row for metrics.jsonl / trackers (rank 0); include "step"
     run_dir: Any = None

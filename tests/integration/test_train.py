@@ -141,3 +141,23 @@ def test_pretrained_directory_loads_into_zero3_partitions(workdir, tiny_model_fa
     got = run_dir_of(ok(tuneforge("train", *base, *TWO_RANKS, "zero=zero3", cwd=workdir)))
     torch.testing.assert_close(torch.tensor(train_losses(got)), torch.tensor(train_losses(ref)), rtol=2e-5, atol=2e-5)
     _check_export(got)
+
+
+def test_two_nodes_match_one_node_of_two_ranks(single, workdir):
+    """launcher.nnodes=2: the same command on each "node" (two launchers on 127.0.0.1, node ranks 0 and 1, one
+    rank each, a fixed rendezvous port) makes one world of 2 ranks; its loss curve is the 1-rank reference's."""
+    import subprocess
+    import sys
+
+    from tuneforge.distributed.dist import free_port
+
+    out = workdir / "two_nodes"
+    args = [*COMMON, *TWO_RANKS, "trainer.nproc=1", "peft=full", "launcher.nnodes=2", f"launcher.master_port={free_port()}",
+            f"trainer.output_dir={out}"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "tuneforge", "train", *args, f"launcher.node_rank={i}"], cwd=workdir,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), "\n".join(log[-3000:] for log in logs)
+    assert summary(out)["world_size"] == 2
+    torch.testing.assert_close(torch.tensor(train_losses(out)), torch.tensor(train_losses(single["full"])),
+                               rtol=2e-5, atol=2e-5)

@@ -41,8 +41,12 @@ def ds_config(specs: dict, world_size: int) -> dict:
         "wall_clock_breakdown": False,
         "seed": t.seed,
     }
-    cfg.update(registry.build("precision", specs["precision"]).ds_section())
-    cfg.update(registry.build("optim", o).ds_section(offloaded=z.offload_optimizer != "none"))
+    precision = registry.build("precision", specs["precision"])
+    cfg.update(precision.ds_section())
+    if precision.owns_optimizer:  # e.g. COAT's compressed-state AdamW: a client optimizer DeepSpeed did not build
+        cfg["zero_allow_untested_optimizer"] = True
+    else:
+        cfg.update(registry.build("optim", o).ds_section(offloaded=z.offload_optimizer != "none"))
     if z.offload_optimizer != "none" and "optimizer" not in cfg:
         cfg["zero_force_ds_cpu_optimizer"] = False
     return cfg

@@ -50,6 +50,8 @@ def torch_dtype(name: str):
 @register("precision", "bf16", config=PrecisionSpec)
 @register("precision", "fp16", config=PrecisionSpec)
 class Precision(Hooks):
+    owns_optimizer = False  # True: optimizer() builds the optimizer, and the `optim` group's DS section is left out
+
     def __init__(self, spec: PrecisionSpec):
         self.spec = spec
 

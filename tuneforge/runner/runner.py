@@ -2,9 +2,9 @@
 
     setup         device, threads, process group, seeds, console and metrics
     select_data   load + validate rows, tokenize, select (rank 0, broadcast), pack, plan batches
-    build_model   load -> quantize -> apply the tuning method -> precision; a selector that scores samples
-                  with the model selects now
-    build_engine  the Engine (DeepSpeed engine around the method's parameter groups); resume if asked
+    build_model   load -> quantize -> apply the tuning method -> precision
+    build_engine  the Engine (DeepSpeed engine around the method's parameter groups); resume if asked; a
+                  selector that scores samples with the model selects now
     train         the loop: hooks, micro-batches, optimizer step, log, eval, checkpoint
     save          final checkpoint, trained weights, probe logits, summary.json
     teardown      close sinks, destroy the process group
@@ -136,15 +136,21 @@ class Runner:
             self.console.print(f"[yellow]data:[/] {report.bad} rows skipped: " + "; ".join(report.lines()))
         self.data = TrainSet(pool, spec, self.t, dist.world())
         self.selector = registry.build("selection", self.specs["selection"])
-        if not self.selector.needs_model:
+        if self.selector.needs_model:  # it selects once the engine is built
+            self.plan_steps()
+        else:
             self.select()
 
     def select(self, model=None) -> None:
         """The selector's choice: on rank 0 (it may write caches), or on every rank when it runs the model
-        (ZeRO-3 forwards are collective); rank 0's choice is broadcast either way."""
+        (ZeRO-3 forwards are collective); rank 0's choice is broadcast either way. A choice made with the model
+        is kept in checkpoints (a resumed model would score differently)."""
         ctx = SelectionContext(seed=self.t.seed, tokenizer=self.tok, run_dir=self.run_dir, model=model)
         chosen = self.selector.select(self.data.pool, ctx) if model is not None or dist.is_main() else None
-        self.data.use(dist.broadcast_object(chosen))
+        self.data.use(dist.broadcast_object(chosen), step=self.step if model is not None else None)
+        self.plan_steps()
+
+    def plan_steps(self) -> None:
         spec, plan = self.specs["data"], self.data.plan
         if plan.steps_per_epoch == 0:
             raise InputError([f"{len(self.data.samples)} training samples are fewer than one global batch "
@@ -171,8 +177,6 @@ class Runner:
         self.counts = {"trainable_params": n_train, "total_params": n_all}
         self.console.print(f"model: {type(model).__name__} {n_all / 1e6:.1f}M params, {n_train / 1e6:.2f}M trainable "
                            f"({100 * n_train / max(n_all, 1):.2f}%) peft={self.specs['peft'].name}")
-        if self.selector.needs_model:
-            self.select(model)
 
     def build_engine(self) -> None:
         ckpt = checkpoint.resolve(self.t.resume, self.run_dir, self.console)
@@ -182,6 +186,10 @@ class Runner:
             self.step, self.skipped, self.bad_streak = meta["step"], meta.get("skipped_steps", 0), meta.get("bad_streak", 0)
             self.method.load_state_dict(meta.get("method", {}))
             self.data.load_state_dict(meta.get("data", {}))
+            if meta.get("planned_for") == [self.t.max_steps, self.t.epochs]:
+                self.total_steps = meta["total_steps"]
+            elif meta.get("data"):  # the user changed the run's length: plan it over the data it trains on now
+                self.plan_steps()
             universal = checkpoint.needs_universal(ckpt, dist.world(), self.ds["zero_optimization"]["stage"])
         self.engine = Engine(self.objective, self.ds, self.specs, self.precision, self.device,
                              meta.get("total_steps", self.total_steps))
@@ -191,20 +199,24 @@ class Runner:
             self.history = client.get("history", self.history)
             self.console.print(f"resumed from {ckpt} at step {self.step}")
             self.metrics.truncate(self.step)
-            if self.engine.total_steps != self.total_steps:
+        elif self.t.resume == "auto":
+            self.console.print("resume=auto: no checkpoint in the run directory, starting fresh")
+        if self.selector.needs_model and not meta.get("data"):
+            self.select(self.objective.lm)
+        if self.engine.total_steps != self.total_steps:
+            if ckpt is not None:
                 self.console.print(f"schedule: the run now has {self.total_steps} steps (it had "
                                    f"{self.engine.total_steps}): the learning-rate schedule is rebuilt for "
                                    f"{self.total_steps} steps, continuing at step {self.step}")
-                self.engine.reset_schedule(self.total_steps)
-        elif self.t.resume == "auto":
-            self.console.print("resume=auto: no checkpoint in the run directory, starting fresh")
+            self.engine.reset_schedule(self.total_steps)
         self.hooks = [self.method, self.selector, self.precision]
         for hook in self.hooks:
             hook.on_train_start(self.context())
 
     def context(self) -> TrainContext:
         return TrainContext(step=self.step, total_steps=self.total_steps, engine=self.engine, model=self.objective.lm,
-                            log=self.console.print, metrics=self.metrics.log, run_dir=self.run_dir, data=self.data)
+                            tokenizer=self.tok, log=self.console.print, metrics=self.metrics.log, run_dir=self.run_dir,
+                            data=self.data)
 
     def train(self) -> None:
         t = self.t
@@ -328,7 +340,8 @@ class Runner:
     def checkpoint(self) -> None:
         plan = self.data.plan
         meta = {"method": self.method.state_dict(), "data": self.data.state_dict(), "total_steps": self.total_steps,
-                "consumed_samples": self.step * plan.global_batch, "epoch": self.step // plan.steps_per_epoch}
+                "planned_for": [self.t.max_steps, self.t.epochs], "consumed_samples": self.step * plan.global_batch,
+                "epoch": self.step // plan.steps_per_epoch}
         lm = self.objective.lm
         frozen = self.method.trained_names(lm) - {n for n, _ in trainable(lm)}
         meta.update(skipped_steps=self.skipped, bad_streak=self.bad_streak)

@@ -1,9 +1,10 @@
 """The training samples a run uses: the encoded pool, the indices a selector chose from it, the sequences they
 make (packed when data.packing=true) and the batch plan over those sequences.
 
-A selector changes the choice with `use(indices)` -- before training (a static or model-scoring selection) or
-during it (a selector's `on_step_start` re-selecting through `ctx.data`). A choice made during training is
-saved in checkpoints (`state_dict`), so a resumed run trains on exactly what the uninterrupted one did.
+A selector changes the choice with `use(indices)` -- before training (a static selection) or with the model
+(a model-scoring selection, or a selector's `on_step_start` re-selecting through `ctx.data`). A choice made
+with the model (`step` given) is saved in checkpoints (`state_dict`), so a resumed run trains on exactly what
+the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class TrainSet:
         self.use(list(range(len(pool))))
 
     def use(self, chosen: list[int], step: int | None = None) -> None:
-        """Train on pool[chosen] from now on (`step`: the step of a re-selection during training)."""
+        """Train on pool[chosen] from now on (`step`: the step at which the model chose them)."""
         self.chosen = list(chosen)
         picked = [self.pool[i] for i in self.chosen]
         self.samples = pack(picked, self.data.max_length) if self.data.packing else picked

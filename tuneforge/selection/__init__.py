@@ -36,3 +36,8 @@ class Selector(Hooks):
 
     def select(self, samples: list, ctx: SelectionContext) -> list[int]:
         raise NotImplementedError
+
+
+def keep_count(fraction: float, count: int, n: int) -> int:
+    """How many of n samples a subset keeps: `count` when > 0, else the `fraction` share (at least one)."""
+    return min(count, n) if count > 0 else max(1, round(n * fraction))

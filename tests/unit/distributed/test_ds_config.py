@@ -48,3 +48,49 @@ def test_raw_json_override_deep_merges(tmp_path):
     c = with_override(ds("zero=zero2"), str(path))
     assert c["zero_optimization"]["stage"] == 2 and c["zero_optimization"]["reduce_bucket_size"] == 123
     assert c["extra"] == 1
+
+
+def test_world_size_is_nodes_times_ranks_per_node():
+    from tuneforge.config.run import Run
+    from tuneforge.distributed.ds_config import run_ds_config
+
+    run = Run.compose(["trainer.micro_batch_size=3", "trainer.grad_accum=2", "trainer.nproc=4", "launcher.nnodes=2",
+                       "launcher.master_port=29500"])
+    assert (run.nodes, run.ranks_per_node, run.world_size) == (2, 4, 8)
+    assert run_ds_config(run)["train_batch_size"] == 3 * 2 * 8
+
+
+def test_several_nodes_need_a_fixed_rendezvous_port():
+    import pytest
+
+    from tuneforge.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        compose(["launcher.nnodes=2", "launcher.node_rank=2"])
+    text = e.value.render()
+    assert "set launcher.master_port" in text and "node_rank=2 must be in 0 .. nnodes-1 = 1" in text
+
+
+def test_a_precision_mode_brings_its_own_deepspeed_section():
+    """The door for precision modes (FP8, COAT): ds_config asks the registered precision builder for its section."""
+    from dataclasses import dataclass
+
+    from tuneforge import registry
+    from tuneforge.precision.modes import Precision, PrecisionSpec
+
+    @dataclass
+    class ScaledSpec(PrecisionSpec):
+        name: str = "test_scaled"
+
+    @registry.register("precision", "test_scaled", config=ScaledSpec)
+    class Scaled(Precision):
+        def ds_section(self):
+            return {"bf16": {"enabled": True}, "communication_data_type": "fp32"}
+
+    try:
+        specs = build_specs(compose([]))
+        specs["precision"] = ScaledSpec()
+        c = ds_config(specs, 1)
+    finally:
+        registry._REGISTRY["precision"].pop("test_scaled")
+    assert c["bf16"] == {"enabled": True} and c["communication_data_type"] == "fp32"

@@ -22,3 +22,26 @@ def test_random_fraction_and_count_are_seeded_subsets():
     assert a == select(100, 1, "selection=random", "selection.fraction=0.3")
     assert a != select(100, 2, "selection=random", "selection.fraction=0.3")
     assert len(select(100, 1, "selection=random", "selection.count=12")) == 12
+
+
+def test_loss_selector_keeps_the_highest_loss_samples(tokenizer, tiny_model_factory):
+    """selection=loss scores each sample by its mean token loss under the model: checked against the loss
+    Hugging Face computes itself for each sample alone."""
+    import torch
+
+    from tuneforge.data.encode import encode
+    from tuneforge.data.rows import Example, RowReport
+
+    model = tiny_model_factory(3).eval()
+    spec = build_specs(compose(["model=tiny_llama"]))["data"]
+    texts = ["1+1=2", "The quick brown fox jumps over the lazy dog.", "a", "Paris is the capital of France.", "zzz qqq"]
+    samples = encode([Example(text=t) for t in texts], tokenizer, spec, RowReport())
+    with torch.no_grad():
+        want = [model(input_ids=torch.tensor([s.input_ids]), labels=torch.tensor([s.labels])).loss.item()
+                for s in samples]
+    sel = build_specs(compose(["selection=loss", "selection.count=2", "selection.batch_size=2"]))["selection"]
+    got = registry.build("selection", sel).select(samples, SelectionContext(0, tokenizer, None, model=model))
+    assert got == sorted(sorted(range(len(texts)), key=lambda i: -want[i])[:2])
+    low = build_specs(compose(["selection=loss", "selection.count=2", "selection.keep=low"]))["selection"]
+    assert registry.build("selection", low).select(samples, SelectionContext(0, tokenizer, None, model=model)) == \
+        sorted(sorted(range(len(texts)), key=lambda i: want[i])[:2])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tuneforge.config.spec import Spec, knob
 from tuneforge.registry import register
-from tuneforge.selection import Selector
+from tuneforge.selection import Selector, keep_count
 
 
 @dataclass
@@ -25,5 +25,4 @@ class RandomSelectionSpec(Spec):
 class RandomSubset(Selector):
     def select(self, samples, ctx):
         n = len(samples)
-        k = min(self.spec.count, n) if self.spec.count > 0 else max(1, round(n * self.spec.fraction))
-        return sorted(random.Random(ctx.seed).sample(range(n), k))
+        return sorted(random.Random(ctx.seed).sample(range(n), keep_count(self.spec.fraction, self.spec.count, n)))
