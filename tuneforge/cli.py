@@ -21,6 +21,8 @@ from pathlib import Path
 
 from tuneforge.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError, RunError
 
+MEMORY_BASELINES = ("full", "lora")  # `tuneforge show` puts the chosen tuning method beside these (their defaults)
+
 
 def _console(stderr: bool = False):
     from rich.console import Console
@@ -88,6 +90,7 @@ def cmd_show(args) -> int:
 def _show_memory(con, specs, world: int) -> None:
     from rich.table import Table
 
+    from tuneforge import registry
     from tuneforge.models import footprint
     from tuneforge.models.load import peek_config
 
@@ -100,11 +103,16 @@ def _show_memory(con, specs, world: int) -> None:
                         "(activations not included)", title_justify="left")
     for col in ("method", "trainable params", "optimizer states", "gradients", "weights", "total"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    for row in footprint.table(config, specs, world):
+    baselines = [registry.entry("peft", name).config() for name in MEMORY_BASELINES]
+    rows = footprint.table(config, specs, world, baselines)
+    for row in rows:
         gib = [f"{row[k] / 2**30:,.2f} GiB" for k in ("optimizer", "gradients", "weights", "total")]
         name = f"[bold]> {row['method']}[/]" if row["chosen"] else f"  {row['method']}"
         table.add_row(name, f"{row['trainable'] / 1e6:,.1f}M ({100 * row['trainable'] / row['total_params']:.1f}%)", *gib)
     con.print(table)
+    if not any(row["chosen"] for row in rows):
+        con.print(f"[dim]peft={specs['peft'].name}: not estimable from the model's shapes (its spec declares no "
+                  "trainable_estimate for these settings)[/]")
 
 
 def _show_doc(con, specs) -> int:

@@ -12,6 +12,7 @@ CASES = {
     "misspelled key": (["trainer.max_stepz=3"], "did you mean 'max_steps'"),
     "wrong type": (["trainer.micro_batch_size=four"], "trainer.micro_batch_size='four'"),
     "unknown option": (["peft=lorra"], "did you mean 'lora'"),
+    "capability conflict": (["peft=switchlora", "optim=adamw8bit"], "8-bit block-wise states cannot do: use optim=adamw"),
     "missing model path": (["model.path=/no/such/model"], "model.path=/no/such/model: no such file or directory"),
     "malformed dataset": (["data=alpaca", "data.path={bad}", "data.bad_rows=error"], "bad.jsonl:2"),
     "no valid rows": (["data=alpaca", "data.path={bad}", "data.limit=2", "data.eval_split=0"], None),

@@ -1,12 +1,40 @@
 """Cross-axis checks: combinations of options that cannot work, found before anything loads.
 
-Each check takes the built specs and returns problems (each naming the fix). Warnings are combinations that
-work but that a user most likely does not want.
+Options never appear here by name. Each spec declares its capabilities as data (`spec.caps`, a frozen
+`config.spec.Caps`; a property where they depend on the spec's own values) and this module maps each capability
+to the constraints it sets on the other axes, once. Every problem names the keys and the fix. Warnings are
+combinations that work but that a user most likely does not want.
+
+Capability (text fields hold the reason or value shown in the message)      constraint it triggers
+Tuning methods (peft):
+- whole_weights_at_build (why): reads each base weight matrix whole and   no quantized base; no pretrained model
+  in full precision when the model is built (quantizers declare it too)   under ZeRO-3 (it loads into partitions)
+- whole_weights_in_training (why): its own layers read and write whole    no ZeRO-3 at all; no quantized base
+  base weight matrices in every step
+- trains_base_weights: the base model's own weights are trained           no quantized base
+- needs_quantized_base (the quant option to add)                          needs a quant option with quantized_base;
+                                                                           any method without it is refused one
+- carries_optimizer_state (when): per-parameter optimizer state moves     8-bit states only at ZeRO-0 with fp32
+  across engine rebuilds                                                  weights; no NVMe offload
+- writes_optimizer_rows: resets optimizer moments row by row              no 8-bit states; no NVMe offload
+- needs_tasks: trains on multi-task data                                  data.tasks must be set
+- backbone_without_autograd (why): the frozen model keeps no activations  warning: gradient checkpointing is moot
+Quantizers (quant): quantized_base (what the weights become, "4-bit") and trained_with (the method that trains
+  such a base, named in the fix); whole_weights_at_build as above.
+Optimizers (optim): eight_bit_states (see the peft rows); client_optimizer: built by tuneforge, not DeepSpeed,
+  so no ZeRO optimizer offload (it needs DeepSpeed's CPU Adam).
+Any option: fix, how to drop its demands on its own axis (e.g. "set peft.init=random"), offered in the messages
+  of its conflicts beside the fix on the other axis.
+
+Checks that only one option understands (e.g. its own task list against data.tasks) are its
+`spec.cross_problems(specs)`, called here for every group.
 """
 
 from __future__ import annotations
 
 import os
+
+ZERO2 = "use zero=zero2 (or zero2_offload)"
 
 
 def _cuda_available() -> bool:
@@ -25,86 +53,86 @@ def _device(specs) -> str:
     return "cuda" if want == "cuda" or (want == "auto" and _cuda_available()) else "cpu"
 
 
+def _or(*fixes: str) -> str:
+    return ", or ".join(f for f in fixes if f)
+
+
 def cross_axis_problems(specs: dict) -> list[str]:
     out = []
     p, z, o = specs["precision"], specs["zero"], specs["optim"]
-    device = _device(specs)
-    if device == "cpu" and "fp16" in (p.params, p.compute):
+    if _device(specs) == "cpu" and "fp16" in (p.params, p.compute):
         out.append(f"precision={p.name} needs a CUDA device: DeepSpeed's CPU engine has no fp16 path; "
                    "use precision=bf16 or precision=fp32 on CPU")
-    if z.offload_optimizer != "none" and o.name == "adamw8bit":
-        out.append("optim=adamw8bit cannot run with ZeRO optimizer offload (DeepSpeed offload needs its own CPU Adam): "
-                   "use optim=adamw, or a zero preset without offload")
+    if z.offload_optimizer != "none" and o.caps.client_optimizer:
+        out.append(f"optim={o.name} cannot run with ZeRO optimizer offload (DeepSpeed offload needs its own CPU "
+                   f"Adam): {_or(o.caps.fix, 'a zero preset without offload')}")
     if z.nvme_path and "nvme" in (z.offload_optimizer, z.offload_param) and not os.path.isdir(z.nvme_path):
         out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
-    if specs["peft"].name == "lisa":
-        out += _lisa_problems(specs)
-    if specs["peft"].name == "corda" and z.stage == 3:
-        out.append("peft=corda with ZeRO-3: the decomposition needs each full weight matrix when the model is built, "
-                   "and ZeRO-3 partitions weights as they load; use zero=zero2 (or zero2_offload)")
-    if specs["quant"].name != "none" and specs["peft"].name == "corda":
-        out.append(f"peft=corda with quant={specs['quant'].name}: CorDA decomposes full-precision weights (PEFT refuses "
-                   "quantized ones); use quant=none")
-    if specs["peft"].name == "mtlora":
-        out += mtlora_problems(specs["peft"].tasks, specs["data"].tasks)
-    if specs["peft"].name in OWN_ADAPTERS:
-        out += _own_adapter_problems(specs)
-    if specs["peft"].name == "lst" and specs["peft"].init == "pruned" and (
-            specs["quant"].name != "none" or (z.stage == 3 and specs["model"].init == "pretrained")):
-        out.append("peft=lst with peft.init=pruned reads the backbone's full-precision weights at start, but "
-                   f"{'quant=' + specs['quant'].name if specs['quant'].name != 'none' else 'ZeRO-3'} leaves only "
-                   "quantized or partitioned ones: set peft.init=random")
-    if specs["quant"].name != "none" and specs["peft"].name == "full":
-        out.append(f"quant={specs['quant'].name} with peft=full: quantized base weights cannot be trained; "
-                   "use an adapter method (e.g. peft=lora)")
-    return out + _nf4_problems(specs)
-
-
-def _nf4_problems(specs: dict) -> list[str]:
-    """QLoRA = peft=qlora on quant=nf4; a pretrained base cannot be quantized inside ZeRO-3 partitions."""
-    q, peft, out = specs["quant"].name, specs["peft"].name, []
-    if peft == "qlora" and q != "nf4":
-        out.append(f"peft=qlora needs a 4-bit base: add quant=nf4 (the qlora recipes set it), or use peft=lora "
-                   f"(quant={q})")
-    if q == "nf4" and peft not in ("qlora", "full"):
-        out.append(f"quant=nf4 with peft={peft}: 4-bit bases are trained with peft=qlora (LoRA prepared for k-bit "
-                   "training, exported dequantized); use peft=qlora, or quant=none")
-    if q == "nf4" and specs["zero"].stage == 3 and specs["model"].init == "pretrained":
-        out.append("quant=nf4 with a pretrained model under ZeRO-3: its weights load straight into ZeRO-3 partitions "
-                   "(zero.Init), which cannot be quantized layer by layer; use zero=zero2 (or zero0/zero1)")
+    out += _weights_problems(specs) + _quant_problems(specs) + _optimizer_state_problems(specs)
+    if specs["peft"].caps.needs_tasks and not specs["data"].tasks:
+        out.append(f"peft={specs['peft'].name} needs multi-task data: set data.task_field=<field> and "
+                   "data.tasks=[task1,task2,...] (data=quickstart: data.ops=[+,-] data.tasks=[add,sub])")
+    for spec in specs.values():
+        out += spec.cross_problems(specs)
     return out
 
 
-def _lisa_problems(specs: dict) -> list[str]:
-    """LISA rebuilds the engine at each switch and carries Adam state per parameter (optim_state)."""
-    z, p, o = specs["zero"], specs["precision"], specs["optim"]
-    out = []
-    if o.name == "adamw8bit" and (z.stage > 0 or p.params != "fp32"):
-        out.append("peft=lisa with optim=adamw8bit needs zero=zero0 and fp32 weights (8-bit states are carried across "
-                   "layer switches only as whole per-parameter tensors): use optim=adamw, or zero=zero0")
-    if "nvme" in (z.offload_optimizer, z.offload_param):
-        out.append("peft=lisa cannot carry optimizer state swapped to NVMe across layer switches: use zero=zero3_offload "
-                   "(CPU) or a preset without offload")
+def _weights_problems(specs: dict) -> list[str]:
+    """Whole, full-precision weight matrices against ZeRO-3 partitions."""
+    out, z3 = [], specs["zero"].stage == 3
+    pretrained_z3 = z3 and specs["model"].init == "pretrained"
+    for group in ("peft", "quant"):
+        s = specs[group]
+        if s.caps.whole_weights_in_training and z3:
+            out.append(f"{group}={s.name} does not support ZeRO-3 ({s.caps.whole_weights_in_training}): "
+                       f"{_or(ZERO2, s.caps.fix)}")
+        elif s.caps.whole_weights_at_build and pretrained_z3:
+            out.append(f"{group}={s.name} with a pretrained model under ZeRO-3: {s.caps.whole_weights_at_build}, but "
+                       f"the weights load straight into ZeRO-3 partitions (zero.Init): {_or(ZERO2, s.caps.fix)}")
     return out
 
 
-OWN_ADAPTERS = ("switchlora", "triadaptlora", "dsee")  # tuneforge's own adapter layers (tuneforge/peft/adapters.py)
+def _quant_problems(specs: dict) -> list[str]:
+    """A quantized base against what the tuning method does with the base weights."""
+    m, q = specs["peft"], specs["quant"]
+    mc, qc = m.caps, q.caps
+    if not qc.quantized_base:
+        if mc.needs_quantized_base:
+            return [f"peft={m.name} needs a quantized base: add {mc.needs_quantized_base}, or "
+                    f"{mc.fix or 'use another peft method'} (quant={q.name})"]
+        return []
+    if mc.needs_quantized_base:
+        return []
+    trained_with = f"{qc.quantized_base} bases are trained with {qc.trained_with}"
+    whole = mc.whole_weights_at_build or mc.whole_weights_in_training
+    if whole:
+        return [f"peft={m.name} with quant={q.name}: {whole}, but the base holds only {qc.quantized_base} weights: "
+                f"use quant=none ({trained_with})"]
+    if mc.trains_base_weights:
+        return [f"quant={q.name} with peft={m.name}: quantized base weights cannot be trained; use an adapter method "
+                f"(e.g. {qc.trained_with}), or quant=none"]
+    return [f"quant={q.name} with peft={m.name}: {trained_with}; use {qc.trained_with}, or quant=none"]
 
 
-def _own_adapter_problems(specs: dict) -> list[str]:
-    """Own adapters wrap plain nn.Linear weights, read them whole (SwitchLoRA also writes W0), and SwitchLoRA /
-    TriAdaptLoRA reset Adam rows through optim_state."""
-    name, z, o, q = specs["peft"].name, specs["zero"], specs["optim"], specs["quant"]
-    out = []
-    if z.stage == 3:
-        out.append(f"peft={name} does not support ZeRO-3 (its layers read and write whole weight matrices): "
-                   "use zero=zero2 (or zero2_offload)")
-    if q.name != "none":
-        out.append(f"peft={name} needs unquantized nn.Linear base weights: use quant=none (or peft=lora for QLoRA)")
-    if name in ("switchlora", "triadaptlora") and o.name == "adamw8bit":
-        out.append(f"peft={name} resets Adam moments row by row, which 8-bit block-wise states cannot do: use optim=adamw")
-    if name in ("switchlora", "triadaptlora") and "nvme" in (z.offload_optimizer, z.offload_param):
-        out.append(f"peft={name} cannot reset optimizer rows swapped to NVMe: use zero=zero2_offload (CPU) or zero2")
+def _optimizer_state_problems(specs: dict) -> list[str]:
+    """Methods that read or write the optimizer's per-parameter state against 8-bit states and NVMe offload."""
+    m, z, p, o = specs["peft"], specs["zero"], specs["precision"], specs["optim"]
+    nvme, out = "nvme" in (z.offload_optimizer, z.offload_param), []
+    if m.caps.carries_optimizer_state:
+        when = m.caps.carries_optimizer_state
+        if o.caps.eight_bit_states and (z.stage > 0 or p.params != "fp32"):
+            out.append(f"peft={m.name} with optim={o.name} needs zero=zero0 and fp32 weights (8-bit states are "
+                       f"carried {when} only as whole per-parameter tensors): {_or(o.caps.fix, 'zero=zero0')}")
+        if nvme:
+            out.append(f"peft={m.name} cannot carry optimizer state swapped to NVMe {when}: use zero=zero3_offload "
+                       "(CPU) or a preset without offload")
+    if m.caps.writes_optimizer_rows:
+        if o.caps.eight_bit_states:
+            out.append(f"peft={m.name} resets Adam moments row by row, which 8-bit block-wise states cannot do: "
+                       f"{o.caps.fix or 'use an optimizer with full-precision states'}")
+        if nvme:
+            out.append(f"peft={m.name} cannot reset optimizer rows swapped to NVMe: use zero=zero2_offload (CPU) or "
+                       "zero2")
     return out
 
 
@@ -118,21 +146,11 @@ def cpu_has_fast_bf16() -> bool:
 
 def cross_axis_warnings(specs: dict) -> list[str]:
     out = []
-    p = specs["precision"]
+    p, m = specs["precision"], specs["peft"]
     if _device(specs) == "cpu" and "bf16" in (p.compute, p.params) and not cpu_has_fast_bf16():
         out.append(f"precision={p.name} on a CPU without AMX/AVX512-BF16: bf16 matmuls are emulated and can be "
                    "~100x slower than fp32 here; precision=fp32 is faster on this machine")
-    if specs["peft"].name == "lst" and specs["model"].gradient_checkpointing:
-        out.append("peft=lst with model.gradient_checkpointing=true: LST's backbone runs without autograd and keeps no "
-                   "activations, so there is nothing to recompute; set model.gradient_checkpointing=false")
+    if m.caps.backbone_without_autograd and specs["model"].gradient_checkpointing:
+        out.append(f"peft={m.name} with model.gradient_checkpointing=true: {m.caps.backbone_without_autograd}, so "
+                   "there is nothing to recompute; set model.gradient_checkpointing=false")
     return out
-
-
-def mtlora_problems(peft_tasks: list, data_tasks: list) -> list[str]:
-    if not data_tasks:
-        return ["peft=mtlora needs multi-task data: set data.task_field=<field> and data.tasks=[task1,task2,...] "
-                "(data=quickstart: data.ops=[+,-] data.tasks=[add,sub])"]
-    if peft_tasks and list(peft_tasks) != list(data_tasks):
-        return [f"peft.tasks={list(peft_tasks)} differs from data.tasks={list(data_tasks)}: one task module per data "
-                "task, in the same order; drop peft.tasks (it follows data.tasks)"]
-    return []

@@ -2,19 +2,47 @@
 
 `knob(default, help)` declares a field with its user-facing help (printed by `tuneforge show --doc`).
 `problems()` returns every range problem of the spec at once; `__post_init__` raises them together.
+`caps` declares, as data, what the option demands of the other axes (`Caps`; config/checks.py maps each demand to
+the constraints it sets). `cross_problems(specs)` is an option's own check against other groups' values;
+`trainable_estimate(parts)` a tuning method's predicted trainable parameters (models/footprint.py).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import field
+from dataclasses import dataclass, field
 
 
 def knob(default, help: str):  # noqa: A002 - "help" reads best in the specs
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Capabilities of one option, read by config/checks.py (its docstring lists the constraint of each).
+    A text field is empty when the option does not have the capability; otherwise it says why, in words that
+    continue "<group>=<name> ...: ", so the checks can name the reason in their message."""
+
+    # tuning methods (peft)
+    whole_weights_at_build: str = ""  # reads each base weight matrix whole, in full precision, when built
+    whole_weights_in_training: str = ""  # its layers read (and write) whole base weight matrices every step
+    trains_base_weights: bool = False  # the base model's own weights are trained
+    needs_quantized_base: str = ""  # the quant option it needs, e.g. "quant=nf4"
+    carries_optimizer_state: str = ""  # moves per-parameter optimizer state across engine rebuilds: when
+    writes_optimizer_rows: bool = False  # resets optimizer moments row by row during training
+    needs_tasks: bool = False  # needs multi-task data (data.tasks)
+    backbone_without_autograd: str = ""  # the frozen model runs without autograd (no activations kept)
+    # quantization
+    quantized_base: str = ""  # what the base weights become, e.g. "4-bit"
+    trained_with: str = ""  # the tuning method that trains such a base, e.g. "peft=qlora"
+    # optimizers
+    eight_bit_states: bool = False  # optimizer moments stored block-wise in 8 bits
+    client_optimizer: bool = False  # built by tuneforge and handed to DeepSpeed (not DeepSpeed's own)
+    # any option
+    fix: str = ""  # how to drop this option's demands on its own axis, e.g. "set peft.init=random"
 
 
 class SpecError(ValueError):
@@ -26,8 +54,20 @@ class SpecError(ValueError):
 class Spec:
     """Mixin for spec dataclasses: `problems()` lists range errors; construction fails with all of them."""
 
+    caps = Caps()  # a class attribute, not a field; a spec whose demands depend on its values overrides `caps`
+
     def problems(self) -> list[str]:
         return []
+
+    def cross_problems(self, specs: dict) -> list[str]:
+        """Problems of this option against the other groups' specs that only it understands (e.g. its own task
+        list against data.tasks). Generic demands are `caps`."""
+        return []
+
+    def trainable_estimate(self, parts) -> tuple[str, int] | None:
+        """Tuning methods: (row label, trainable parameters) predicted from the model's `footprint.Parts`, shown
+        by `tuneforge show`; None: not estimable."""
+        return None
 
     def __post_init__(self):
         probs = self.problems()

@@ -1,5 +1,8 @@
 """Predicted memory of a run per rank, from the model's config alone (the model is built on the meta device:
-shapes, no weights). Used by `tuneforge show` to put the chosen method beside LoRA and full fine-tuning.
+shapes, no weights). Used by `tuneforge show` to put the chosen tuning method beside baselines the caller names.
+
+The method's spec predicts its trainable parameters from the model's `Parts` (`spec.trainable_estimate(parts)`,
+in the method's folder); a method that declares no estimate gets no row.
 
 Per trainable parameter (AdamW): two fp32 moments (8 B), plus a 4 B fp32 master copy when the engine keeps one
 (ZeRO >= 1, or weights stored in bf16/fp16), plus its gradient (4 B, or 2 B for half-precision weights at
@@ -21,7 +24,7 @@ class Parts:
     other: int  # final norm and other parameters outside the layers
     per_layer: int  # parameters of one decoder layer
     n_layers: int
-    lora_per_layer_r1: int  # LoRA parameters per layer at rank 1 over all linear layers (sum of in + out)
+    linear_in_out: int  # sum of in + out features over the linear layers of one decoder layer
 
     @property
     def total(self) -> int:
@@ -44,20 +47,9 @@ def parts(config) -> Parts:
     for p in model.parameters():  # tied tensors are listed once
         if id(p) not in owner:
             counts["embed" if id(p) in embed_ids else "head" if head is not None and p is head.weight else "other"] += p.numel()
-    lora = sum(m.in_features + m.out_features for m in layers[0].modules() if isinstance(m, nn.Linear))
+    linear = sum(m.in_features + m.out_features for m in layers[0].modules() if isinstance(m, nn.Linear))
     return Parts(counts["embed"], counts["head"], counts["other"], sum(p.numel() for p in layers[0].parameters()),
-                 len(layers), lora)
-
-
-def trainable(p: Parts, method: str, spec=None) -> int:
-    if method == "full":
-        return p.total
-    if method == "lora":
-        return p.n_layers * p.lora_per_layer_r1 * (spec.r if spec is not None else 16)
-    if method == "lisa":
-        always = (p.embed if spec.embed == "train" else 0) + (p.head if spec.head == "train" else 0)
-        return always + (p.other if spec.norm == "train" else 0) + spec.gamma * p.per_layer
-    raise ValueError(method)
+                 len(layers), linear)
 
 
 def per_rank_bytes(p: Parts, n_trainable: int, zero_stage: int, world: int, half_weights: bool) -> dict[str, float]:
@@ -68,24 +60,23 @@ def per_rank_bytes(p: Parts, n_trainable: int, zero_stage: int, world: int, half
     return {"optimizer": optim, "gradients": grads, "weights": weights, "total": optim + grads + weights}
 
 
-def table(config, specs: dict, world: int) -> list[dict]:
-    """Rows for the chosen method (if estimable) beside full fine-tuning and LoRA r=16 on every linear layer."""
+def table(config, specs: dict, world: int, baselines: list) -> list[dict]:
+    """Rows for the baselines (tuning-method specs with their defaults), the chosen method taking the place of the
+    baseline of its name or coming last; only estimable methods get a row."""
     p = parts(config)
     z, half = specs["zero"].stage, specs["precision"].params != "fp32"
-    chosen = specs["peft"].name
-    rows = [("full", None), ("lora", specs["peft"] if chosen == "lora" else None)]
-    if chosen == "lisa":
-        rows.append(("lisa", specs["peft"]))
+    chosen = specs["peft"]
+    mine = chosen.trainable_estimate(p)
+    rows = [chosen if b.name == chosen.name and mine else b for b in baselines]
+    if mine and not any(s is chosen for s in rows):
+        rows.append(chosen)
     out = []
-    for method, spec in rows:
-        n = trainable(p, method, spec)
-        if method == "full":
-            label = "full fine-tuning"
-        elif method == "lora":
-            label = f"LoRA r={spec.r if spec else 16} all-linear"
-        else:
-            label = f"LISA gamma={spec.gamma}, embed={spec.embed}, head={spec.head}" + (" (tied)" if p.head == 0 else "")
-        out.append({"method": label, "chosen": method == chosen, "trainable": n, "total_params": p.total,
+    for spec in rows:
+        estimate = spec.trainable_estimate(p)
+        if estimate is None:
+            continue
+        label, n = estimate
+        out.append({"method": label, "chosen": spec is chosen, "trainable": n, "total_params": p.total,
                     **per_rank_bytes(p, n, z, world, half)})
     return out
 

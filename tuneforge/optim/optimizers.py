@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, positive
+from tuneforge.config.spec import Caps, Spec, knob, positive
 from tuneforge.registry import register
 
 
@@ -25,6 +25,13 @@ class OptimSpec(Spec):
         return out
 
 
+@dataclass
+class AdamW8bitSpec(OptimSpec):
+    name: str = knob("adamw8bit", "optimizer")
+
+    caps = Caps(eight_bit_states=True, client_optimizer=True, fix="use optim=adamw")
+
+
 def _params(spec: OptimSpec) -> dict:
     return {"lr": spec.lr, "betas": list(spec.betas), "eps": spec.eps, "weight_decay": spec.weight_decay}
 
@@ -42,7 +49,7 @@ class AdamW:
         return None  # built by DeepSpeed from ds_section
 
 
-@register("optim", "adamw8bit", config=OptimSpec)
+@register("optim", "adamw8bit", config=AdamW8bitSpec)
 class AdamW8bit(AdamW):
     def ds_section(self, offloaded: bool) -> dict:
         return {"zero_allow_untested_optimizer": True}

@@ -83,12 +83,13 @@ def test_footprint_matches_real_parameter_counts(tiny_model_factory):
     model = tiny_model_factory(0, "model.arch.num_hidden_layers=6")
     assert parts.total == count(model)[1]
     lisa_model = registry.build("peft", specs["peft"]).apply(model, MethodContext())
-    assert footprint.trainable(parts, "lisa", specs["peft"]) == count(lisa_model)[0]
+    assert specs["peft"].trainable_estimate(parts)[1] == count(lisa_model)[0]
     lora_spec = build_specs(compose(["model=tiny_llama", "model.arch.num_hidden_layers=6", "peft=lora", "peft.r=4"]))["peft"]
     lora_model = registry.build("peft", lora_spec).apply(tiny_model_factory(0, "model.arch.num_hidden_layers=6"),
                                                           MethodContext())
-    assert footprint.trainable(parts, "lora", lora_spec) == count(lora_model)[0]
-    rows = footprint.table(peek_config(specs["model"]), specs, world=2)
+    assert lora_spec.trainable_estimate(parts)[1] == count(lora_model)[0]
+    baselines = [registry.entry("peft", n).config() for n in ("full", "lora")]
+    rows = footprint.table(peek_config(specs["model"]), specs, world=2, baselines=baselines)
     assert [r["chosen"] for r in rows] == [False, False, True]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from tuneforge.config.spec import knob, one_of, positive
+from tuneforge.config.spec import Caps, knob, one_of, positive
 from tuneforge.peft.lora.spec import LoraSpec
 
 
@@ -15,6 +15,9 @@ class CordaSpec(LoraSpec):
     n_samples: int = knob(256, "calibration samples streamed through the model to build each layer's covariance C")
     knowledge_data: Optional[str] = knob(None, "kpm: file whose samples define the knowledge to preserve (e.g. TriviaQA)")
     knowledge_format: str = knob("qa", "kpm: data format of knowledge_data (a data= option: qa, jsonl, alpaca, text, ...)")
+
+    # HF PEFT refuses quantized weights; calibration runs forward passes over whole weights before the engine exists
+    caps = Caps(whole_weights_at_build="the decomposition needs each full weight matrix when the model is built")
 
     def problems(self):
         out = super().problems() + one_of(self, "mode", ("ipm", "kpm")) + positive(self, "n_samples")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, has_targets, knob, one_of, positive
+from tuneforge.config.spec import Caps, Spec, has_targets, knob, one_of, positive
 
 
 @dataclass
@@ -21,6 +21,9 @@ class DseeSpec(Spec):
                               "or heads (whole attention heads of every layer)")
     prune_sparsity: float = knob(0.0, "fraction of each adapted matrix's entries (or rows), or of each layer's "
                                       "attention heads, zeroed at export")
+
+    # own layers on plain nn.Linear weights (peft/adapters.py)
+    caps = Caps(whole_weights_in_training="its layers read and write whole weight matrices")
 
     def problems(self):
         out = positive(self, "r", "alpha", "decomp_rank", "decomp_iters") + positive(self, "sparse_n", allow_zero=True)

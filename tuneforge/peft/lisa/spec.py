@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, one_of, positive
+from tuneforge.config.spec import Caps, Spec, knob, one_of, positive
 
 POLICY = ("train", "freeze")
 
@@ -19,8 +19,18 @@ class LisaSpec(Spec):
     inactive_state: str = knob("free", "optimizer state of layers leaving the active set: free, or offload to CPU "
                                        "and restore when the layer is sampled again")
 
+    # the engine is rebuilt at each switch; Adam state moves per parameter (distributed/optim_state)
+    caps = Caps(trains_base_weights=True, carries_optimizer_state="across layer switches")
+
     def problems(self):
         out = positive(self, "gamma", "period") + one_of(self, "sampling", ("uniform", "weighted"))
         for k in ("embed", "head", "norm"):
             out += one_of(self, k, POLICY)
         return out + one_of(self, "inactive_state", ("free", "offload"))
+
+    def trainable_estimate(self, parts):
+        """gamma layers at a time, plus embeddings, head and norms when trained (tied: the head is the embedding)."""
+        always = (parts.embed if self.embed == "train" else 0) + (parts.head if self.head == "train" else 0)
+        n = always + (parts.other if self.norm == "train" else 0) + self.gamma * parts.per_layer
+        tied = " (tied)" if parts.head == 0 else ""
+        return f"LISA gamma={self.gamma}, embed={self.embed}, head={self.head}{tied}", n

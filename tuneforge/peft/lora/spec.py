@@ -21,3 +21,11 @@ class LoraSpec(Spec):
             out.append(f"dropout={self.dropout} must be in [0, 1)")
         out += has_targets(self)
         return out + ([] if self.bias in ("none", "all", "lora_only") else [f"bias={self.bias!r}: none, all or lora_only"])
+
+    def trainable_estimate(self, parts):
+        """r x (in + out) per adapted linear; known from Parts only when every linear of every layer is adapted
+        and nothing else trains."""
+        if list(self.target_modules) != ["all-linear"] or self.bias != "none" or self.modules_to_save:
+            return None
+        what = f"LoRA r={self.r} all-linear"
+        return (what if self.name == "lora" else f"{self.name} ({what})"), parts.n_layers * parts.linear_in_out * self.r

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, one_of, positive
+from tuneforge.config.spec import Caps, Spec, knob, one_of, positive
 
 
 @dataclass
@@ -15,3 +15,12 @@ class LstSpec(Spec):
 
     def problems(self):
         return positive(self, "reduction", "temperature") + one_of(self, "init", ("pruned", "random"))
+
+    @property
+    def caps(self):
+        no_grad = "the backbone runs without autograd and keeps no activations"
+        if self.init != "pruned":
+            return Caps(backbone_without_autograd=no_grad)
+        return Caps(backbone_without_autograd=no_grad, fix="set peft.init=random",
+                    whole_weights_at_build="peft.init=pruned copies the backbone's largest full-precision weights into "
+                                           "the side network at start")

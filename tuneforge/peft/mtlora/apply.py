@@ -28,7 +28,7 @@ from tuneforge.peft import routing
 from tuneforge.peft.base import TuningMethod
 from tuneforge.peft.corda.apply import linear_names
 from tuneforge.peft.mtlora.layer import MTLoraLinear
-from tuneforge.peft.mtlora.spec import MtLoraSpec
+from tuneforge.peft.mtlora.spec import MtLoraSpec, tasks_differ
 from tuneforge.registry import register
 
 
@@ -40,11 +40,10 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 @register("peft", "mtlora", config=MtLoraSpec)
 class MtLora(TuningMethod):
     def apply(self, model, ctx):
-        from tuneforge.config.checks import mtlora_problems
-
         s = self.spec
         data_tasks = list(ctx.specs["data"].tasks) if "data" in ctx.specs else list(s.tasks)
-        problems = mtlora_problems(s.tasks, data_tasks)
+        problems = tasks_differ(s.tasks, data_tasks) if data_tasks else [
+            "peft=mtlora needs multi-task data: set data.task_field=<field> and data.tasks=[task1,task2,...]"]
         if problems:
             raise InputError(problems)
         self.tasks = data_tasks

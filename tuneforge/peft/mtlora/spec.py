@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, has_targets, knob, positive
+from tuneforge.config.spec import Caps, Spec, has_targets, knob, positive
 
 
 @dataclass
@@ -15,6 +15,8 @@ class MtLoraSpec(Spec):
     dropout: float = knob(0.0, "dropout on the adapter input")
     target_modules: list[str] = knob(["all-linear"], "module names to adapt, or ['all-linear'] (every linear but the head)")
 
+    caps = Caps(needs_tasks=True)
+
     def problems(self):
         out = positive(self, "r", "task_r", "alpha")
         if not 0 <= self.dropout < 1:
@@ -23,3 +25,14 @@ class MtLoraSpec(Spec):
         if len(set(self.tasks)) != len(self.tasks):
             out.append(f"tasks={self.tasks} lists a task twice")
         return out
+
+    def cross_problems(self, specs):
+        data_tasks = specs["data"].tasks  # empty data.tasks is reported through caps.needs_tasks
+        return tasks_differ(self.tasks, data_tasks) if data_tasks else []
+
+
+def tasks_differ(peft_tasks: list, data_tasks: list) -> list[str]:
+    if peft_tasks and list(peft_tasks) != list(data_tasks):
+        return [f"peft.tasks={list(peft_tasks)} differs from data.tasks={list(data_tasks)}: one task module per data "
+                "task, in the same order; drop peft.tasks (it follows data.tasks)"]
+    return []

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, has_targets, knob, positive
+from tuneforge.config.spec import Caps, Spec, has_targets, knob, positive
 
 
 @dataclass
@@ -18,6 +18,9 @@ class SwitchLoraSpec(Spec):
     descent_steps: int = knob(0, "explicit step for that 0.3x point (0: use descent_ratio)")
     freeze_steps: int = knob(5, "N: steps the counterpart of a switched vector stays frozen (Adam re-warm-up)")
     pool: int = knob(0, "candidate vectors per matrix (0: min(in, out) as in the paper; lower it to save memory)")
+
+    # own layers on plain nn.Linear weights (peft/adapters.py); switching resets Adam rows of the swapped vectors
+    caps = Caps(whole_weights_in_training="its layers read and write whole weight matrices", writes_optimizer_rows=True)
 
     def problems(self):
         out = positive(self, "r", "alpha", "interval") + positive(self, "freeze_steps", "pool", "descent_steps",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, has_targets, knob, one_of, positive
+from tuneforge.config.spec import Caps, Spec, has_targets, knob, one_of, positive
 
 
 @dataclass
@@ -18,6 +18,9 @@ class TriAdaptLoraSpec(Spec):
     grow_every: int = knob(10, "steps between growth decisions")
     growth: str = knob("linear", "how many modules grow at step t: linear (the paper's best) or exponential in the "
                                  "fraction of the run done")
+
+    # own layers on plain nn.Linear weights (peft/adapters.py); growing a rank resets its Adam rows
+    caps = Caps(whole_weights_in_training="its layers read and write whole weight matrices", writes_optimizer_rows=True)
 
     def problems(self):
         out = positive(self, "r_init", "reference_rank", "r_max", "grow_by", "alpha", "grow_every")

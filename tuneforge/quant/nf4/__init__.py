@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, knob, one_of
+from tuneforge.config.spec import Caps, Spec, knob, one_of
 from tuneforge.quant import Quantizer
 from tuneforge.registry import register
 
@@ -26,6 +26,9 @@ class Nf4Spec(Spec):
     name: str = knob("nf4", "4-bit NormalFloat base weights (bitsandbytes Linear4bit; QLoRA)")
     double_quant: bool = knob(True, "quantize the per-block scales again (saves ~0.37 bit per weight)")
     blocksize: int = knob(64, "weights per quantization block (64 in the paper)")
+
+    caps = Caps(quantized_base="4-bit", trained_with="peft=qlora",
+                whole_weights_at_build="it quantizes each weight matrix whole, layer by layer, after load")
 
     def problems(self):
         return one_of(self, "blocksize", (32, 64, 128, 256, 512, 1024, 2048, 4096))
