@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from tests.conftest import ok, run_dir_of, tuneforge
 from tuneforge import registry
 from tuneforge.cli import main
+from tuneforge.config.compose import _typed_export, compose, export_stages
 from tuneforge.config.spec import Spec, knob
 from tuneforge.export.base import Stage
 from tuneforge.registry import register
@@ -105,3 +107,19 @@ def test_bad_stage_lists_exit_2_naming_the_fix(run, capsys, overrides, fix):
 def test_train_and_show_reject_a_bad_stage_list_at_compose_time(capsys):
     assert main(["show", "recipe=lora_tiny", "export=[merge,prunee]"]) == 2
     assert "did you mean 'prune'?" in capsys.readouterr().err
+
+
+def test_a_recipes_stages_and_knobs_compose_and_the_command_line_can_replace_them():
+    assert [(n, s.sparsity) for n, s in export_stages(compose(["recipe=dsee_tiny"]))[1:]] == [("prune", 0.5)]
+    stages = dict(export_stages(compose(["recipe=dsee_tiny", "export.prune.how=rows"])))
+    assert list(stages) == ["merge", "prune"] and (stages["prune"].how, stages["prune"].sparsity) == ("rows", 0.5)
+    assert [n for n, _ in export_stages(compose(["recipe=dsee_tiny", "export=[merge]"]))] == ["merge"]
+
+
+def test_knobs_of_a_stage_that_is_not_selected_are_an_error():
+    """A recipe that sets export.prune.* without selecting prune in its defaults list (Hydra then adds a partial
+    export.prune node): reported, not silently run as a last stage."""
+    problems = []
+    _typed_export(OmegaConf.create({"merge": {"adapter": True}, "prune": {"sparsity": 0.3}}), problems)
+    assert problems == ["export.prune is set, but prune is not among the export stages: add it to the recipe's "
+                        "`override /export: [...]` (or export=[...,prune] on the command line)"]
