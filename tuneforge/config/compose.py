@@ -278,10 +278,16 @@ def _stage_list(value, known, problems: list[str]) -> list[str] | None:
     return None if bad or twice or not names else names
 
 
-def _stage_defaults(name: str):
-    """A stage's default knobs: configs/export/<name>.yaml, or its spec's defaults when it has no file."""
+def _stage_file(name: str):
+    """A stage's knobs in configs/export/<name>.yaml, or None when it has no file."""
     path = config_dirs()[0] / EXPORT / f"{name}.yaml"
-    return OmegaConf.load(path)[name] if path.is_file() else OmegaConf.structured(registry.entry(EXPORT, name).config)
+    return OmegaConf.load(path)[name] if path.is_file() else None
+
+
+def _stage_defaults(name: str):
+    """A stage's default knobs: its configs/export file, or its spec's defaults when it has none."""
+    found = _stage_file(name)
+    return found if found is not None else OmegaConf.structured(registry.entry(EXPORT, name).config)
 
 
 def _typed_export(node, problems: list[str], chosen: list[str] | None = None) -> DictConfig:
@@ -296,8 +302,7 @@ def _typed_export(node, problems: list[str], chosen: list[str] | None = None) ->
         except KeyError as e:
             problems.append(f"export: {e.args[0]}")
             continue
-        path = config_dirs()[0] / EXPORT / f"{name}.yaml"
-        if chosen is None and path.is_file() and set(OmegaConf.load(path)[name] or {}) - set(node[name] or {}):
+        if chosen is None and set(_stage_file(name) or {}) - set(node[name] or {}):  # Hydra did not select it
             problems.append(f"export.{name} is set, but {name} is not among the export stages: add it to the "
                             f"recipe's `override /export: [...]` (or export=[...,{name}] on the command line)")
             continue
@@ -331,9 +336,9 @@ def export_stages(cfg: DictConfig, problems: list[str] | None = None) -> list[tu
     return out
 
 
-def with_export_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """A finished run's config with the options of `tuneforge export` applied: export=[stages] and
-    export.<stage>.<knob>=value. Anything else is an error (the run itself is fixed)."""
+def run_export_stages(cfg: DictConfig, overrides: list[str]) -> list[tuple[str, object]]:
+    """`export_stages` of a finished run's config with the options of `tuneforge export` applied: export=[stages]
+    and export.<stage>.<knob>=value. Anything else is an error (the run itself is fixed)."""
     parsed, problems = _parse(list(overrides))
     for o in parsed:
         if o.kind == "choice" and o.key == EXPORT:
@@ -347,10 +352,10 @@ def with_export_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         else:
             problems.append(f"'{o.text}': `tuneforge export` takes run_dir=DIR and export options (export=[...], "
                             "export.<stage>.<knob>=...); the run's other settings are fixed")
-    export_stages(cfg, problems)
+    stages = export_stages(cfg, problems)
     if problems:
         raise InputError(problems)
-    return cfg
+    return stages
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
@@ -364,7 +369,8 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     for key in raw:
         cfg[key] = OmegaConf.merge(OmegaConf.structured(schema_for(key, raw[key].name)), raw[key]) if key in GROUPS else raw[key]
     problems: list[str] = []  # runs from before export stages existed export as export=[merge] did
-    cfg[EXPORT] = _typed_export(raw.get(EXPORT) or {"merge": _stage_defaults("merge")}, problems)
+    node = raw.get(EXPORT) or {"merge": _stage_defaults("merge")}
+    cfg[EXPORT] = _typed_export(node, problems, chosen=[str(n) for n in node])
     if problems:
         raise InputError([f"{path}: {p}" for p in problems])
     OmegaConf.set_struct(cfg, True)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tuneforge import registry
-from tuneforge.config.compose import build_specs, export_stages, load_run_config, with_export_overrides
+from tuneforge.config.compose import build_specs, load_run_config, run_export_stages
 from tuneforge.data.encode import encode
 from tuneforge.export.base import ExportContext, run_stages
 from tuneforge.models.load import load_tokenizer
@@ -53,7 +53,7 @@ def export_run(run_dir: Path, overrides: list[str] = (), log=None) -> Path:
     model + tokenizer, and <run_dir>/export/adapter for adapters. A method with variants (e.g. one model per task)
     runs the stages once per variant into <run_dir>/export/<variant>/; methods that cannot merge write their own
     format there (`method.export`, e.g. LST's export/lst/)."""
-    stages = export_stages(with_export_overrides(load_run_config(run_dir), list(overrides)))
+    stages = run_export_stages(load_run_config(run_dir), list(overrides))
     specs, tok, model, method = rebuild(run_dir)
     out = Path(run_dir) / "export"
     for variant in method.variants() or [None]:
