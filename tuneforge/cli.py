@@ -4,7 +4,7 @@
     tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config + generated DeepSpeed JSON (no model)
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
-    tuneforge export run_dir=DIR                         merged Hugging Face model (+ PEFT adapter) in DIR/export
+    tuneforge export run_dir=DIR [export=[merge,prune]]  run the export stages: merged HF model (+ PEFT adapter) in DIR/export
     tuneforge ckpt verify DIR                            check a checkpoint (or every checkpoint of a run) file by file
     tuneforge ckpt convert DIR                           universal copy of a checkpoint, for another topology
 
@@ -145,10 +145,11 @@ def cmd_recipes(args) -> int:
     return EXIT_OK
 
 
-def _run_dir(overrides: list[str]) -> Path:
+def _run_dir(overrides: list[str], rest: bool = False) -> Path:
     dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
-    if len(dirs) != 1 or len(overrides) != 1:
-        raise InputError(["usage: tuneforge eval|export run_dir=DIR"])
+    if len(dirs) != 1 or (len(overrides) != 1 and not rest):
+        raise InputError(["usage: tuneforge eval run_dir=DIR | tuneforge export run_dir=DIR [export=[...]] "
+                          "[export.<stage>.<knob>=...]"])
     path = Path(dirs[0])
     if not (path / "config.yaml").is_file():
         raise InputError([f"run_dir={path} is not a tuneforge run directory (no config.yaml)"])
@@ -166,8 +167,10 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from tuneforge.runner.offline import export_run
 
-    out = export_run(_run_dir(args.overrides))
-    _console().print(f"exported: {out}" + (f" (adapter: {out / 'adapter'})" if (out / "adapter").is_dir() else ""))
+    con = _console()
+    out = export_run(_run_dir(args.overrides, rest=True), [o for o in args.overrides if not o.startswith("run_dir=")],
+                     log=con.print)
+    con.print(f"exported: {out}" + (f" (adapter: {out / 'adapter'})" if (out / "adapter").is_dir() else ""))
     return EXIT_OK
 
 
@@ -201,7 +204,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--doc", action="store_true", help="explain every key of the selected options")
     sub.add_parser("recipes", help="list recipes")
     sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR")
-    sub.add_parser("export", help="write DIR/export (merged HF model, PEFT adapter): tuneforge export run_dir=DIR")
+    sub.add_parser("export", help="run the export stages into DIR/export (default: merged HF model, PEFT adapter): "
+                                  "tuneforge export run_dir=DIR [export=[merge,prune]] [export.prune.sparsity=0.3]")
     for sp in sub.choices.values():
         sp.add_argument("overrides", nargs="*", help="recipe=NAME, group=option, group.key=value")
     c = sub.add_parser("ckpt", help="checkpoint tools: tuneforge ckpt verify|convert DIR")

@@ -22,6 +22,7 @@ PLUGIN_PACKAGES = (
     "tuneforge.precision",
     "tuneforge.optim",
     "tuneforge.distributed",
+    "tuneforge.export",
 )
 
 

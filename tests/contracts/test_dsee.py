@@ -1,6 +1,7 @@
 """DSEE's defining properties: the sparse part's support is fixed (chosen from a GreBsmo low-rank + sparse
 decomposition of W, whose objective never increases and which recovers a planted sparse support) and only its
-values change; the pruned export reaches the requested sparsity exactly; head pruning removes whole heads."""
+values change; the pruned export (export=[merge,prune]) reaches the requested sparsity exactly; head pruning removes
+whole heads."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ import copy
 import pytest
 import torch
 
-from tests.contracts.test_peft_family import Row, make, train
+from tests.contracts.test_peft_family import TINY, Row, make, train
+from tuneforge.config.compose import compose, export_stages
+from tuneforge.export.base import ExportContext, run_stages
 from tuneforge.models.layers import decoder_layers
 from tuneforge.peft.adapters import merge
 from tuneforge.peft.dsee.layer import decompose, support
 
 N = 16
+
+
+def exported(row, model, method, specs):
+    """The row's export stages run in memory on the trained model (what `tuneforge export` runs before saving)."""
+    return run_stages(model, export_stages(compose([*TINY, *row.overrides])), ExportContext(method, specs))
 
 
 def test_sparse_support_is_fixed_and_only_it_changes(tmp_path):
@@ -37,11 +45,12 @@ def test_sparse_support_is_fixed_and_only_it_changes(tmp_path):
 
 @pytest.mark.parametrize("how,p", [("unstructured", 0.5), ("unstructured", 0.37), ("rows", 0.25)])
 def test_pruned_export_reaches_sparsity_exactly(tmp_path, how, p):
-    model, method, batch, *_ = make(Row(["peft=dsee", "peft.r=2", f"peft.prune={how}", f"peft.prune_sparsity={p}"], r""),
-                                    tmp_path)
+    row = Row(["peft=dsee", "peft.r=2", "export=[merge,prune]", f"export.prune.how={how}", f"export.prune.sparsity={p}"],
+              r"")
+    model, method, batch, specs, *_ = make(row, tmp_path)
     train(model, method, batch, steps=1)
     names = list(method.modules)
-    merged = method.merged(model)
+    merged = exported(row, model, method, specs)
     for n in names:
         w = merged.get_submodule(n).weight
         if how == "unstructured":
@@ -89,15 +98,16 @@ def test_default_support_is_the_iterated_decomposition(tmp_path):
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.75])
 def test_head_pruning_removes_exactly_the_requested_heads(tmp_path, p):
-    model, method, batch, *_ = make(Row(["peft=dsee", "peft.r=2", "peft.prune=heads", f"peft.prune_sparsity={p}"],
-                                        r""), tmp_path)
+    row = Row(["peft=dsee", "peft.r=2", "export=[merge,prune]", "export.prune.how=heads", f"export.prune.sparsity={p}"],
+              r"")
+    model, method, batch, specs, *_ = make(row, tmp_path)
     train(model, method, batch, steps=1)
     model.eval()
     reference = merge(copy.deepcopy(model))  # unpruned merge, heads masked below
     cfg = model.config
     nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     group = nh // nkv
-    pruned = method.merged(model)
+    pruned = exported(row, model, method, specs)
     with torch.no_grad():
         unmasked = reference(input_ids=batch["input_ids"]).logits
     for layer, ref in zip(decoder_layers(pruned)[1], decoder_layers(reference)[1]):

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from tuneforge import registry
-from tuneforge.config.schema import GROUPS, PRESET_SCHEMAS, ROOT_KEYS, RootSpec
+from tuneforge.config.schema import EXPORT, GROUPS, PRESET_SCHEMAS, ROOT_KEYS, RootSpec
 from tuneforge.config.spec import SpecError
 from tuneforge.errors import InputError, did_you_mean
 
@@ -82,12 +82,12 @@ def _parse(overrides: list[str]) -> tuple[list[_Override], list[str]]:
         head = key.split(".")[0]
         if key == "recipe":
             out.append(_Override(text, key, o.value(), "recipe"))
-        elif key in GROUPS:
+        elif key in GROUPS or key == EXPORT:
             out.append(_Override(text, key, o.value(), "choice"))
-        elif head in GROUPS or head in ROOT_KEYS:
+        elif head in GROUPS or head in ROOT_KEYS or head == EXPORT:
             out.append(_Override(text, key, o.value(), "key"))
         else:
-            problems.append(f"unknown key '{key}'{did_you_mean(head, (*GROUPS, *ROOT_KEYS, 'recipe'))}"
+            problems.append(f"unknown key '{key}'{did_you_mean(head, (*GROUPS, EXPORT, *ROOT_KEYS, 'recipe'))}"
                             f"; the groups are: {', '.join(GROUPS)}")
     return out, problems
 
@@ -116,19 +116,24 @@ def _typed_group(group: str, node, problems: list[str], overridden: bool):
     except KeyError as e:
         problems.append(f"{group}: {e.args[0]}")
         return None
+    return _onto(schema, node, group, f" for {group}={name}", problems, drop_unknown=overridden)
+
+
+def _onto(schema: type, node, where: str, what: str, problems: list[str], drop_unknown: bool = False):
+    """`node`'s keys merged one by one onto `schema`'s defaults; each bad key is one problem."""
     typed = OmegaConf.structured(schema)
     fields = set(schema.__dataclass_fields__)
-    for key in node:
+    for key in node or {}:
         if key not in fields:
-            if overridden:
+            if drop_unknown:
                 continue
-            problems.append(f"unknown key {group}.{key}{did_you_mean(str(key), fields)} for {group}={name}; "
-                            f"valid keys: {', '.join(sorted(fields))}")
+            problems.append(f"unknown key {where}.{key}{did_you_mean(str(key), fields)}{what}; "
+                            f"valid keys: {', '.join(sorted(fields)) or 'none'}")
             continue
         try:
             typed = OmegaConf.merge(typed, {key: node[key]})
         except OmegaConfBaseException as e:
-            problems.append(f"{group}.{key}: {_short(e)}")
+            problems.append(f"{where}.{key}: {_short(e)}")
     return typed
 
 
@@ -143,7 +148,8 @@ def _apply_key(cfg: DictConfig, o: _Override, problems: list[str]) -> None:
     for i, part in enumerate(parts[:-1]):
         if not isinstance(node, DictConfig) or part not in node:
             where = ".".join(parts[:i]) or "the config"
-            problems.append(f"unknown key '{o.key}': '{part}' is not in {where}")
+            hint = f" (a stage's knobs need the stage: export=[...,{part}])" if where == EXPORT else ""
+            problems.append(f"unknown key '{o.key}': '{part}' is not in {where}{hint}")
             return
         node = node[part]
     leaf = parts[-1]
@@ -185,8 +191,15 @@ def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
     if recipe not in known:
         problems.append(f"unknown recipe '{recipe}'{did_you_mean(recipe, known)}; `tuneforge recipes` lists them")
         raise InputError(problems)
-    choices, bad_groups = [], set()
+    choices, bad_groups, stages = [], set(), None
     for o in (o for o in parsed if o.kind == "choice"):
+        if o.key == EXPORT:
+            stages = _stage_list(o.value, options(EXPORT), problems)
+            if stages is None:
+                bad_groups.add(EXPORT)
+            else:
+                choices.append(f"{EXPORT}=[{','.join(stages)}]")
+            continue
         opts = options(o.key)
         if str(o.value) in opts:
             choices.append(f"{o.key}={o.value}")
@@ -207,12 +220,14 @@ def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
             if typed is None:
                 bad_groups.add(key)
             cfg[key] = typed
+        elif key == EXPORT:
+            cfg[key] = _typed_export(base[key], problems, stages)
         elif key in ROOT_KEYS:
             cfg[key] = base[key]
         else:
             problems.append(f"recipe '{recipe}': unknown top-level key '{key}'"
-                            f"{did_you_mean(str(key), (*GROUPS, *ROOT_KEYS))}")
-    for g in GROUPS:
+                            f"{did_you_mean(str(key), (*GROUPS, EXPORT, *ROOT_KEYS))}")
+    for g in (*GROUPS, EXPORT):
         if g not in cfg:
             bad_groups.add(g)
             problems.append(f"recipe '{recipe}' selects no {g} option (configs/base.yaml must list every group)")
@@ -223,6 +238,8 @@ def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
         _apply_key(cfg, o, problems)
     n_problems = len(problems)
     specs = build_specs(cfg, problems, skip=bad_groups)
+    if EXPORT not in bad_groups:
+        export_stages(cfg, problems)
     if not bad_groups and len(problems) == n_problems:
         from tuneforge.config.checks import cross_axis_problems
 
@@ -249,6 +266,101 @@ def build_specs(cfg: DictConfig, problems: list[str] | None = None, skip=()) -> 
     return specs
 
 
+def _stage_list(value, known, problems: list[str]) -> list[str] | None:
+    """The stage names of an `export=[...]` choice, or None (problems added) if one is unknown or repeated."""
+    names = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    bad = [n for n in names if n not in known]
+    for n in bad:
+        problems.append(f"unknown export stage '{n}'{did_you_mean(n, known)}; stages: {', '.join(known)} "
+                        "(export=[merge,prune] runs merge, then prune)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        problems.append(f"export=[{','.join(names)}] lists {', '.join(twice)} twice: each stage runs once")
+    if not names:
+        problems.append("export=[] selects no stage: e.g. export=[merge]")
+    return None if bad or twice or not names else names
+
+
+def _stage_file(name: str):
+    """A stage's knobs in configs/export/<name>.yaml, or None when it has no file."""
+    path = config_dirs()[0] / EXPORT / f"{name}.yaml"
+    return OmegaConf.load(path)[name] if path.is_file() else None
+
+
+def _stage_defaults(name: str):
+    """A stage's default knobs: its configs/export file, or its spec's defaults when it has none."""
+    found = _stage_file(name)
+    return found if found is not None else OmegaConf.structured(registry.entry(EXPORT, name).config)
+
+
+def _typed_export(node, problems: list[str], chosen: list[str] | None = None) -> DictConfig:
+    """The composed `export` node -- {stage: its knobs merged onto the stage's spec}, in the order the stages
+    run. When the command line chose the stages (`chosen`), the recipe's settings of other stages are dropped."""
+    out = OmegaConf.create({})
+    for name in (str(n) for n in node or {}):
+        if chosen is not None and name not in chosen:
+            continue
+        try:
+            schema = registry.entry(EXPORT, name).config
+        except KeyError as e:
+            problems.append(f"export: {e.args[0]}")
+            continue
+        if chosen is None and set(_stage_file(name) or {}) - set(node[name] or {}):  # Hydra did not select it
+            problems.append(f"export.{name} is set, but {name} is not among the export stages: add it to the "
+                            f"recipe's `override /export: [...]` (or export=[...,{name}] on the command line)")
+            continue
+        out[name] = _onto(schema, node[name], f"export.{name}", "", problems)
+    return out
+
+
+def export_stages(cfg: DictConfig, problems: list[str] | None = None) -> list[tuple[str, object]]:
+    """(stage name, spec) for each stage of `tuneforge export`, in order (runs every range check). The first
+    stage takes the trained model (its spec's `takes = "trained"`, e.g. merge), every later one a merged model.
+    Collects problems if a list is given, else raises InputError."""
+    out, found = [], []
+    names = [str(n) for n in cfg.get(EXPORT) or {}]
+    if not names:
+        found.append("export=[] selects no stage: e.g. export=[merge]")
+    for i, name in enumerate(names):
+        takes = getattr(registry.entry(EXPORT, name).config, "takes", "merged")
+        if i == 0 and takes != "trained":
+            found.append(f"export=[{','.join(names)}]: {name} works on a merged model; start with a stage that "
+                         "takes the trained model, e.g. export=[merge," + ",".join(names) + "]")
+        elif i > 0 and takes == "trained":
+            found.append(f"export=[{','.join(names)}]: {name} takes the trained model, so it must come first")
+        try:
+            out.append((name, OmegaConf.to_object(cfg[EXPORT][name])))
+        except SpecError as e:
+            found += [f"export.{name}.{p}" if re.match(r"^\w+=", p) else f"export.{name}: {p}" for p in e.problems]
+    if problems is None and found:
+        raise InputError(found)
+    if problems is not None:
+        problems += found
+    return out
+
+
+def run_export_stages(cfg: DictConfig, overrides: list[str]) -> list[tuple[str, object]]:
+    """`export_stages` of a finished run's config with the options of `tuneforge export` applied: export=[stages]
+    and export.<stage>.<knob>=value. Anything else is an error (the run itself is fixed)."""
+    parsed, problems = _parse(list(overrides))
+    for o in parsed:
+        if o.kind == "choice" and o.key == EXPORT:
+            names = _stage_list(o.value, registry.names(EXPORT), problems)
+            if names is not None:
+                run = cfg[EXPORT]
+                cfg[EXPORT] = _typed_export({n: run[n] if n in run else _stage_defaults(n) for n in names}, problems,
+                                            names)
+        elif o.kind == "key" and o.key.split(".")[0] == EXPORT:
+            _apply_key(cfg, o, problems)
+        else:
+            problems.append(f"'{o.text}': `tuneforge export` takes run_dir=DIR and export options (export=[...], "
+                            "export.<stage>.<knob>=...); the run's other settings are fixed")
+    stages = export_stages(cfg, problems)
+    if problems:
+        raise InputError(problems)
+    return stages
+
+
 def load_run_config(run_dir: str | Path) -> DictConfig:
     """The resolved config a run was started with (what workers, eval and export read)."""
     path = Path(run_dir) / "config.yaml"
@@ -259,6 +371,11 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     for key in raw:
         cfg[key] = OmegaConf.merge(OmegaConf.structured(schema_for(key, raw[key].name)), raw[key]) if key in GROUPS else raw[key]
+    problems: list[str] = []  # runs from before export stages existed export as export=[merge] did
+    node = raw.get(EXPORT) or {"merge": _stage_defaults("merge")}
+    cfg[EXPORT] = _typed_export(node, problems, chosen=[str(n) for n in node])
+    if problems:
+        raise InputError([f"{path}: {p}" for p in problems])
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -5,7 +5,7 @@
     find_targets(m, names) the nn.Linear modules inside the decoder layers whose leaf name is listed,
                            or every one of them for ['all-linear'] (never the LM head or embeddings)
     wrap(m, names, make)   replace each target by make(index, name, linear)
-    merge(m, post)         fold every adapter into its base weight (post(W) may prune it) and put the plain
+    merge(m)               fold every adapter into its base weight and put the plain
                            nn.Linear back: the result is a plain Hugging Face model (export)
     write(engine, p, value, reset)
                            set a trainable parameter's value everywhere the engine keeps it (the weights the
@@ -74,11 +74,10 @@ def adapters(model: nn.Module) -> dict[str, AdapterLinear]:
 
 
 @torch.no_grad()
-def merge(model: nn.Module, post=None) -> nn.Module:
+def merge(model: nn.Module) -> nn.Module:
     for qualname, ad in adapters(model).items():
         w = ad.base.weight
-        merged = w.float() + ad.delta().float()
-        w.copy_((post(merged) if post else merged).to(w.dtype))
+        w.copy_((w.float() + ad.delta().float()).to(w.dtype))
         _set(model, qualname, ad.base)
     return model
 

@@ -11,11 +11,13 @@
                           re-creates the DeepSpeed engine for a new trainable set
     state_dict() / load_state_dict(state)
                           JSON-able method state saved in checkpoints (e.g. LISA's active layers)
-    merged(model)         a plain Hugging Face model for export (adapters merged into the weights)
+    merged(model)         a plain Hugging Face model for export (adapters merged into the weights): what the
+                          `merge` export stage (tuneforge/export/merge.py) hands to the later stages
     export(model, out) / load_export(base, out)
                           what `tuneforge export` writes, and how to load it back; default: the merged model as a
                           plain HF directory (`hf_export = True`). A method that cannot merge (LST) writes its own
-                          format, sets `hf_export = False` and loads it onto a plainly loaded base model
+                          format (the merge stage calls `export`), sets `hf_export = False` and loads it onto a
+                          plainly loaded base model
     save_adapter(model, path) -> bool
                           write a PEFT adapter directory if the method has one
     variants()            optional: names of models exported side by side (export/<name>/, e.g. one per task);

@@ -1,7 +1,8 @@
 """Work on a finished run without DeepSpeed: rebuild its model, re-evaluate it, export it.
 
 The model is rebuilt exactly as the run built it (load -> quantize -> apply method) from <run_dir>/config.yaml,
-then the trained weights (<run_dir>/final/trainable.safetensors) are copied in by name.
+then the trained weights (<run_dir>/final/trainable.safetensors) are copied in by name. Export runs the run's
+export stages (tuneforge/export/) on it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import json
 from pathlib import Path
 
 from tuneforge import registry
+from tuneforge.config.compose import run_export_stages
 from tuneforge.config.run import Run
 from tuneforge.data.encode import encode
+from tuneforge.export.base import ExportContext, run_stages
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext
 from tuneforge.runner import evaluate
@@ -20,18 +23,18 @@ from tuneforge.runner.objective import CausalLM
 from tuneforge.runner.weights import FILE, load_named
 
 
-def rebuild(run_dir: Path):
-    specs = Run.load(run_dir).specs
+def rebuild(run: Run):
+    specs = run.specs
     tok = load_tokenizer(specs["model"])
-    ctx = MethodContext(seed=specs["trainer"].seed, tokenizer=tok, run_dir=Path(run_dir), specs=specs)
+    ctx = MethodContext(seed=specs["trainer"].seed, tokenizer=tok, run_dir=run.run_dir, specs=specs)
     model, method = build(specs, tok, ctx)
-    load_named(model, Path(run_dir) / "final" / FILE)
+    load_named(model, run.run_dir / "final" / FILE)
     model.eval()
     return specs, tok, model, method
 
 
 def eval_run(run_dir: Path) -> dict:
-    specs, tok, model, _ = rebuild(run_dir)
+    specs, tok, model, _ = rebuild(Run.load(run_dir))
     t, data = specs["trainer"], specs["data"]
     loaded = registry.build("data", data).load(t.seed)
     examples = loaded.eval[: t.eval_max_samples or None]
@@ -45,16 +48,17 @@ def eval_run(run_dir: Path) -> dict:
     return row
 
 
-def export_run(run_dir: Path) -> Path:
-    """<run_dir>/export: the merged Hugging Face model (+ tokenizer); <run_dir>/export/adapter for adapters.
-    A method with variants (e.g. one model per task) exports each to <run_dir>/export/<variant>/ the same way;
-    methods that cannot merge write their own format there (`method.export`, e.g. LST's export/lst/)."""
-    _, tok, model, method = rebuild(run_dir)
+def export_run(run_dir: Path, overrides: list[str] = (), log=None) -> Path:
+    """Run the export stages (the run's `export=[...]`, changed by `overrides` such as export=[merge,prune] or
+    export.prune.sparsity=0.3) and write <run_dir>/export: by default (export=[merge]) the merged Hugging Face
+    model + tokenizer, and <run_dir>/export/adapter for adapters. A method with variants (e.g. one model per task)
+    runs the stages once per variant into <run_dir>/export/<variant>/; methods that cannot merge write their own
+    format there (`method.export`, e.g. LST's export/lst/)."""
+    run = Run.load(run_dir)
+    stages = run_export_stages(run.cfg, list(overrides))
+    specs, tok, model, method = rebuild(run)
     out = Path(run_dir) / "export"
     for variant in method.variants() or [None]:
-        dest, kw = (out, {}) if variant is None else (out / variant, {"variant": variant})
-        dest.mkdir(parents=True, exist_ok=True)
-        method.save_adapter(model, dest / "adapter", **kw)
-        method.export(model, dest, **kw)
-        tok.save_pretrained(str(dest))
+        dest = out if variant is None else out / variant
+        run_stages(model, stages, ExportContext(method, specs, tok, dest, variant, log))
     return out

@@ -14,7 +14,6 @@ from tuneforge.peft.triadaptlora.apply import n_growing
     (["peft=dsee", "zero=zero3"], "use zero=zero2"),
     (["peft=switchlora", "optim=adamw8bit"], "use optim=adamw"),
     (["peft=triadaptlora", "zero=zero3_nvme", "zero.nvme_path=/tmp"], "use zero=zero2"),
-    (["peft=dsee", "peft.prune=rows"], "needs prune_sparsity > 0"),
     (["peft=triadaptlora", "peft.r_max=4"], "need r_init <= reference_rank <= r_max"),
 ])
 def test_impossible_combinations_name_the_fix(overrides, fix):

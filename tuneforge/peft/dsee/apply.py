@@ -14,27 +14,19 @@ iterations (1 = a single truncated SVD step; see `layer.decompose`), and take Om
 `support=magnitude` uses the N largest |W| instead. Only the values on Omega are trained; the support never
 changes.
 
-Sparse final weights (the paper's second sparsity): at merge/export the merged weight W0 + Delta W is pruned to
-exactly `prune_sparsity` -- unstructured magnitude pruning of every adapted matrix (the round(p x numel)
-smallest |w| set to zero), structured row pruning (the round(p x rows) output rows of smallest L2 norm), or
-structured attention-head pruning (`prune=heads`: in every layer the round(p x num_heads) heads of smallest
-||W_o[:, h]||_F x ||W_v[g(h)]||_F are removed: their q_proj rows and o_proj columns zeroed, and the k/v rows of a
-GQA group whose query heads are all pruned; see `layer.prune_heads`). The paper ranks heads with learnable head
-coefficients under an l1 penalty (EarlyBERT-style); tuneforge uses this data-free weight score instead, on the
-merged weights of every layer whether or not its attention projections were adapted. Pruning happens only in
-`merged()` (export), so the trained, unpruned model is what training/eval see.
+Sparse final weights (the paper's second sparsity) are not part of the method: the `prune` export stage
+(tuneforge/export/prune.py) zeroes a fixed fraction of the merged weights, e.g. `export=[merge,prune]` with
+`export.prune.how=unstructured|rows|heads` and `export.prune.sparsity`, as the DSEE recipes select. Training and
+the run's own eval see the unpruned model.
 """
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
-from tuneforge.models.layers import decoder_layers
 from tuneforge.peft.adapters import merge, wrap
 from tuneforge.peft.base import TuningMethod
-from tuneforge.peft.dsee.layer import DseeLinear, attention, prune, prune_heads, support
+from tuneforge.peft.dsee.layer import DseeLinear, support
 from tuneforge.peft.dsee.spec import DseeSpec
 from tuneforge.registry import register
 
@@ -45,9 +37,6 @@ class Dsee(TuningMethod):
         s = self.spec
         for p in model.parameters():
             p.requires_grad_(False)
-        if s.prune == "heads":  # fail now, not at export
-            for layer in decoder_layers(model)[1]:
-                attention(layer)
 
         def make(i, name, linear):
             index = support(linear.weight, s.sparse_n, s.support, s.decomp_rank, ctx.seed * 1_000_003 + i,
@@ -58,7 +47,4 @@ class Dsee(TuningMethod):
         return model
 
     def merged(self, model):
-        s = self.spec
-        if s.prune == "heads":
-            return prune_heads(merge(model), s.prune_sparsity)
-        return merge(model, partial(prune, how=s.prune, sparsity=s.prune_sparsity) if s.prune != "none" else None)
+        return merge(model)

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuneforge.models.layers import decoder_layers, unwrap
 from tuneforge.peft.adapters import AdapterLinear
 
 EXACT_SVD = 1024
@@ -92,65 +91,3 @@ class DseeLinear(AdapterLinear):
 
     def delta(self):
         return self.scaling * self.lora_B @ self.lora_A + self.sparse()
-
-
-@torch.no_grad()
-def prune(w: torch.Tensor, how: str, sparsity: float) -> torch.Tensor:
-    """Zero the round(sparsity x entries) smallest-magnitude entries (unstructured), or the round(sparsity x rows)
-    rows of smallest L2 norm (rows: output neurons)."""
-    w = w.clone()
-    if how == "unstructured":
-        k = round(sparsity * w.numel())
-        w.view(-1)[torch.topk(w.abs().flatten(), k, largest=False).indices] = 0
-    elif how == "rows":
-        k = round(sparsity * w.shape[0])
-        w[torch.topk(w.norm(dim=1), k, largest=False).indices] = 0
-    return w
-
-
-def attention(layer: nn.Module) -> list[nn.Module]:
-    """A decoder layer's q/k/v/o projections (Llama-style `self_attn.{q,k,v,o}_proj`)."""
-    attn = getattr(layer, "self_attn", None)
-    projs = [getattr(attn, f"{x}_proj", None) for x in "qkvo"]
-    if not all(isinstance(p, nn.Module) for p in projs):
-        raise ValueError(f"prune=heads needs self_attn.{{q,k,v,o}}_proj in every decoder layer ({type(layer).__name__})")
-    return projs
-
-
-def _zero_heads(linear: nn.Module, heads: list[int], hd: int, dim: int) -> None:
-    """Zero the rows (dim 0, and the bias) or columns (dim 1) of `heads`, each `hd` wide."""
-    idx = (torch.tensor(heads, dtype=torch.long)[:, None] * hd + torch.arange(hd)).flatten()
-    if dim == 0:
-        linear.weight[idx] = 0
-        if linear.bias is not None:
-            linear.bias[idx] = 0
-    else:
-        linear.weight[:, idx] = 0
-
-
-@torch.no_grad()
-def prune_heads(model: nn.Module, sparsity: float) -> nn.Module:
-    """Zero the round(sparsity x num_heads) least important attention heads of every layer, in place.
-
-    Importance of query head h (KV group g(h)): ||W_o[:, h]||_F x ||W_v[g(h)]||_F -- the head adds
-    W_o[:, h] (sum_j a_ij W_v[g] x_j) to the output with attention weights a_ij >= 0 summing to 1, so this bounds
-    its output's scale per unit input norm. A pruned head loses its o_proj input columns and q_proj rows (and
-    bias), which removes exactly its output; k_proj/v_proj rows of a KV group (GQA) are zeroed only when every
-    query head sharing that group is pruned, so the surviving heads compute exactly what they did before."""
-    base = unwrap(model)
-    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    nh = cfg.num_attention_heads
-    nkv = getattr(cfg, "num_key_value_heads", None) or nh
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
-    k, group = round(sparsity * nh), nh // nkv
-    for layer in decoder_layers(model)[1]:
-        q, kp, v, o = attention(layer)
-        o_norm = o.weight.float().view(-1, nh, hd).norm(dim=(0, 2))
-        v_norm = v.weight.float().view(nkv, hd, -1).norm(dim=(1, 2))
-        gone = torch.topk(o_norm * v_norm.repeat_interleave(group), k, largest=False).indices.tolist()
-        _zero_heads(o, gone, hd, dim=1)
-        _zero_heads(q, gone, hd, dim=0)
-        dead = [g for g in range(nkv) if set(range(g * group, (g + 1) * group)) <= set(gone)]
-        for p in (kp, v):
-            _zero_heads(p, dead, hd, dim=0)
-    return model
