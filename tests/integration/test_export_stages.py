@@ -63,7 +63,7 @@ class CastSpec(Spec):
 
 
 class Cast(Stage):
-    """The worked example of docs/extending_export.md: store the exported weights in another dtype."""
+    """The worked example of docs/extending.md (export stages): store the exported weights in another dtype."""
 
     def run(self, model, ctx):
         ctx.say(f"cast: weights to {self.spec.dtype}")
