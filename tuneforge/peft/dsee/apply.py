@@ -32,6 +32,7 @@ from functools import partial
 import torch
 
 from tuneforge.models.layers import decoder_layers
+from tuneforge.models.shapes import targets
 from tuneforge.peft.adapters import merge, wrap
 from tuneforge.peft.base import TuningMethod
 from tuneforge.peft.dsee.layer import DseeLinear, attention, prune, prune_heads, support
@@ -41,6 +42,17 @@ from tuneforge.registry import register
 
 @register("peft", "dsee", config=DseeSpec)
 class Dsee(TuningMethod):
+    @staticmethod
+    def shape_problems(spec, shape):
+        _, out = targets(shape, spec.target_modules)
+        if spec.prune == "heads":
+            try:
+                for layer in shape.layers():
+                    attention(layer)
+            except ValueError as e:
+                out.append(f"peft.prune=heads: {e.args[0]}; use peft.prune=rows or unstructured")
+        return out
+
     def apply(self, model, ctx):
         s = self.spec
         for p in model.parameters():

@@ -14,6 +14,13 @@ from tuneforge.registry import register
 
 @register("peft", "freeze", config=FreezeSpec)
 class Freeze(TuningMethod):
+    @staticmethod
+    def shape_problems(spec, shape):
+        n = shape.n_layers
+        bad = [i for i in spec.layers if not -n <= i < n]
+        return [f"peft.layers={list(spec.layers)}: {bad} out of range for the model's {n} layers: use indices in "
+                f"[{-n}, {n - 1}] (negative counts from the end)"] if bad else []
+
     def apply(self, model, ctx):
         s = self.spec
         keep_layers = set()
