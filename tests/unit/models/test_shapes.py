@@ -79,4 +79,12 @@ def test_targets_that_match_nothing_and_layers_out_of_range():
     assert check("model=tiny_llama", "peft=freeze", "peft.layers=[0,2,-3]") == [
         "peft.layers=[0, 2, -3]: [2, -3] out of range for the model's 2 layers: use indices in [-2, 1] "
         "(negative counts from the end)"]
-    assert check("model=tiny_llama", "peft=lisa", "peft.gamma=3") == ["peft.gamma=3 exceeds the model's 2 layers"]
+    assert check("model=tiny_gqa", "peft=freeze", "peft.layers=[]", "peft.modules=[lm_head.*]") == [
+        "peft.modules=['lm_head.*'] matches no parameter of the model: use globs on its parameter names, e.g. "
+        "model.embed_tokens.weight, model.norm.weight"]  # tied: the head's weight is the embeddings'
+    assert check("model=tiny_gqa", "peft=freeze", "peft.layers=[]", "peft.modules=[model.norm.*]") == []
+    assert check("model=tiny_llama", "peft=lisa", "peft.gamma=3") == [
+        "peft.gamma=3 exceeds the model's 2 layers: set peft.gamma <= 2"]
+    assert check("model=tiny_gqa", "peft=lst", "peft.reduction=16") == [  # gcd(96, 200, 32 / 2) = 8
+        "peft.reduction=16 does not divide the model's intermediate_size=200: set peft.reduction to a divisor of 8, "
+        "e.g. peft.reduction=8"]

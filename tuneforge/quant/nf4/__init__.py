@@ -6,11 +6,11 @@ are the quantiles of N(0, 1) (Eq. 4); with double quantization the per-block fp3
 again to 8 bits (blocks of 256). The forward computes Y = X doubleDequant(c1, c2, W_nf4) in the compute dtype
 (Eq. 5's base term), the dtype of the `precision` group (fp32 or bf16).
 
-Every nn.Linear inside the decoder layers (models.targets' `all-linear`: never the LM head or the embeddings,
-exactly the linears `peft=qlora` adapts by default) is replaced by a frozen `Linear4bit` after the model is loaded. This one path
-works for models built from a config (random init: `model=tiny_llama`) and for pretrained checkpoints alike
-(the weights load in fp32 first, then are quantized layer by layer). `dequantize(model)` is the inverse used
-by export: plain nn.Linear layers holding the dequantized weights.
+Every nn.Linear inside the decoder layers (models.targets' `all-linear`: never the LM head or the embeddings;
+exactly the linears `peft=qlora` adapts by default) is replaced by a frozen `Linear4bit` after the model is
+loaded. This one path works for models built from a config (random init: `model=tiny_llama`) and for pretrained
+checkpoints alike (the weights load in fp32 first, then are quantized layer by layer). `dequantize(model)` is the
+inverse used by export: plain nn.Linear layers holding the dequantized weights.
 """
 
 from __future__ import annotations
