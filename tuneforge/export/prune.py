@@ -21,7 +21,7 @@ from tuneforge.config.spec import Spec, knob, one_of
 from tuneforge.errors import InputError
 from tuneforge.export.base import Stage
 from tuneforge.models.layers import decoder_layers, unwrap
-from tuneforge.peft.adapters import find_targets
+from tuneforge.models.targets import target_linears
 from tuneforge.registry import register
 
 
@@ -63,7 +63,7 @@ class Prune(Stage):
 
 def linears(model: nn.Module, names) -> list[tuple[str, nn.Linear]]:
     try:
-        return find_targets(model, names)
+        return target_linears(model, names)
     except ValueError as e:
         raise InputError([f"export.prune: {e}: set export.prune.target_modules"]) from None
 

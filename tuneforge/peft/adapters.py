@@ -2,9 +2,8 @@
 
     AdapterLinear          wraps a frozen nn.Linear (kept as `.base`): forward = base(x) + extra(x);
                            a subclass defines extra(x) and delta() (its update in the weight's shape)
-    find_targets(m, names) the nn.Linear modules inside the decoder layers whose leaf name is listed,
-                           or every one of them for ['all-linear'] (never the LM head or embeddings)
-    wrap(m, names, make)   replace each target by make(index, name, linear)
+    wrap(m, names, make)   replace each target linear (models.targets.target_linears: the ones inside the
+                           decoder layers that `names` selects, never the LM head) by make(index, name, linear)
     merge(m)               fold every adapter into its base weight and put the plain
                            nn.Linear back: the result is a plain Hugging Face model (export)
     write(engine, p, value, reset)
@@ -21,7 +20,7 @@ import re
 import torch
 from torch import nn
 
-from tuneforge.models.layers import decoder_layers
+from tuneforge.models.targets import replace, target_linears
 from tuneforge.runner.weights import assign
 
 
@@ -43,29 +42,11 @@ class AdapterLinear(nn.Module):
         return self.base(x) + self.extra(x)
 
 
-def find_targets(model: nn.Module, names) -> list[tuple[str, nn.Linear]]:
-    layers_name, layers = decoder_layers(model)
-    every = list(names) == ["all-linear"]
-    out = []
-    for i, layer in enumerate(layers):
-        for n, m in layer.named_modules():
-            if isinstance(m, nn.Linear) and (every or n.rsplit(".", 1)[-1] in names):
-                out.append((f"{layers_name}.{i}.{n}", m))
-    if not out:
-        raise ValueError(f"no nn.Linear named {list(names)} inside the decoder layers")
-    return out
-
-
-def _set(model: nn.Module, qualname: str, module: nn.Module) -> None:
-    parent, _, leaf = qualname.rpartition(".")
-    setattr(model.get_submodule(parent), leaf, module)
-
-
 def wrap(model: nn.Module, names, make) -> dict[str, AdapterLinear]:
     out = {}
-    for i, (qualname, linear) in enumerate(find_targets(model, names)):
+    for i, (qualname, linear) in enumerate(target_linears(model, names)):
         out[qualname] = make(i, qualname, linear)
-        _set(model, qualname, out[qualname])
+        replace(model, qualname, out[qualname])
     return out
 
 
@@ -78,7 +59,7 @@ def merge(model: nn.Module) -> nn.Module:
     for qualname, ad in adapters(model).items():
         w = ad.base.weight
         w.copy_((w.float() + ad.delta().float()).to(w.dtype))
-        _set(model, qualname, ad.base)
+        replace(model, qualname, ad.base)
     return model
 
 

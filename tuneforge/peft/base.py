@@ -1,7 +1,12 @@
 """The interface every tuning method implements; the runner calls nothing else.
 
     check_model(spec, config) -> problems
-                          static: problems visible from the model's config alone (found before any weights load)
+                          problems visible from the model's config alone (found before any weights load): by
+                          default the meta-device model's shape (models.shapes) is handed to
+    shape_problems(spec, shape) -> problems
+                          the method's model-shape constraints (rank vs widths, block divisibility, layer counts),
+                          each naming the `peft.` key and a value that works; default: `target_modules`, if the
+                          spec has them, must select at least one linear layer
     apply(model, ctx)     freeze / attach modules; return the model to train (ctx: MethodContext)
     param_groups(model)   optimizer parameter groups (default: one group of the trainable parameters)
     trained_names(model)  parameters whose values training may change: saved in final weights and checkpoints
@@ -34,6 +39,7 @@ from typing import Any
 from torch import nn
 
 from tuneforge.hooks import Hooks
+from tuneforge.models.shapes import ModelShape, describe, targets
 
 
 @dataclass
@@ -56,9 +62,14 @@ class TuningMethod(Hooks):
     def __init__(self, spec):
         self.spec = spec
 
+    @classmethod
+    def check_model(cls, spec, config) -> list[str]:
+        shape = describe(config)
+        return cls.shape_problems(spec, shape) if shape is not None else []
+
     @staticmethod
-    def check_model(spec, config) -> list[str]:
-        return []
+    def shape_problems(spec, shape: ModelShape) -> list[str]:
+        return targets(shape, spec.target_modules)[1] if hasattr(spec, "target_modules") else []
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         raise NotImplementedError

@@ -10,6 +10,7 @@ must be multiples of r. Merge writes W'; unmerge inverts it exactly: W_ij = (W'_
 
 from __future__ import annotations
 
+from tuneforge.models.shapes import divides_features, targets
 from tuneforge.peft.bone.spec import BoneSpec
 from tuneforge.peft.miss.apply import Miss
 from tuneforge.registry import register
@@ -17,5 +18,11 @@ from tuneforge.registry import register
 
 @register("peft", "bone", config=BoneSpec)
 class Bone(Miss):
+    @staticmethod
+    def shape_problems(spec, shape):
+        """W0 must cut into whole r x r blocks: r divides in_features and out_features of every target."""
+        linears, out = targets(shape, spec.target_modules)
+        return out + divides_features("peft.r", spec.r, linears)
+
     def init_weights(self):
         return "bat"

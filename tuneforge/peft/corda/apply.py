@@ -32,27 +32,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from tuneforge import registry
 from tuneforge.distributed import dist
 from tuneforge.errors import InputError
 from tuneforge.models.layers import unwrap
+from tuneforge.models.shapes import at_most_features, targets
 from tuneforge.peft.corda.spec import CordaSpec
 from tuneforge.peft.lora.apply import Lora
 from tuneforge.registry import register
 
 
-def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
-    """PEFT's `all-linear` expanded to module-name suffixes (preprocess_corda matches names, not `all-linear`)."""
-    if list(targets) != ["all-linear"]:
-        return list(targets)
-    head = unwrap(model).get_output_embeddings()
-    return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head})
-
-
 @register("peft", "corda", config=CordaSpec)
 class Corda(Lora):
+    @staticmethod
+    def shape_problems(spec, shape):
+        """The adapter takes r components of the decomposition of W C: there are min(in, out)."""
+        linears, out = targets(shape, spec.target_modules)
+        return out + at_most_features("peft.r", spec.r, linears)
+
     def apply(self, model, ctx):
         from peft import get_peft_model
         from peft.tuners.lora.config import CordaConfig
@@ -62,9 +60,8 @@ class Corda(Lora):
         folder = Path(ctx.run_dir) / "corda" if ctx.run_dir is not None else None
         cache = folder / f"{s.mode}_r{s.r}_{self.fingerprint(ctx)}.pt" if folder else None
         self.initial = folder / "initial_adapter" if folder else None
-        config = self.lora_config(init_lora_weights="corda", corda_config=CordaConfig(
+        config = self.lora_config(model, init_lora_weights="corda", corda_config=CordaConfig(
             corda_method=s.mode, cache_file=str(cache) if cache else None, verbose=False))
-        config.target_modules = set(linear_names(model, s.target_modules))
         log = ctx.log or (lambda *_: None)
         if cache is not None and cache.exists():
             log(f"corda: decomposition from cache {cache}")

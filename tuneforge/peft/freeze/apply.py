@@ -14,6 +14,19 @@ from tuneforge.registry import register
 
 @register("peft", "freeze", config=FreezeSpec)
 class Freeze(TuningMethod):
+    @staticmethod
+    def shape_problems(spec, shape):
+        n, out = shape.n_layers, []
+        bad = [i for i in spec.layers if not -n <= i < n]
+        if bad:
+            out.append(f"peft.layers={list(spec.layers)}: {bad} out of range for the model's {n} layers: use indices "
+                       f"in [{-n}, {n - 1}] (negative counts from the end)")
+        names = [name for name, _ in shape.model.named_parameters()]
+        if spec.modules and not spec.layers and not any(fnmatch(x, pat) for x in names for pat in spec.modules):
+            out.append(f"peft.modules={list(spec.modules)} matches no parameter of the model: use globs on its "
+                       f"parameter names, e.g. {names[0]}, {names[-1]}")
+        return out
+
     def apply(self, model, ctx):
         s = self.spec
         keep_layers = set()

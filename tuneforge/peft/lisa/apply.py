@@ -53,7 +53,7 @@ class Lisa(TuningMethod):
         out = tie_problem(spec, bool(getattr(text, "tie_word_embeddings", False)), getattr(config, "model_type", "the model"))
         n = getattr(text, "num_hidden_layers", None)
         if n is not None and spec.gamma > n:
-            out.append(f"peft.gamma={spec.gamma} exceeds the model's {n} layers")
+            out.append(f"peft.gamma={spec.gamma} exceeds the model's {n} layers: set peft.gamma <= {n}")
         return out
 
     # ------------------------------------------------------------------ structure

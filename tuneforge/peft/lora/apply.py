@@ -6,13 +6,10 @@ from the pretrained function; W0 is frozen. Merging adds (alpha / r) * B A into 
 
 from __future__ import annotations
 
+from tuneforge.models.targets import target_names
 from tuneforge.peft.base import TuningMethod
 from tuneforge.peft.lora.spec import LoraSpec
 from tuneforge.registry import register
-
-
-def peft_targets(target_modules: list[str]):
-    return "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
 
 
 @register("peft", "lora", config=LoraSpec)
@@ -23,17 +20,17 @@ class Lora(TuningMethod):
     def extra(self) -> dict:
         return {}
 
-    def lora_config(self, **extra):
+    def lora_config(self, model, **extra):
         from peft import LoraConfig
 
         s = self.spec
-        return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=peft_targets(s.target_modules),
+        return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=target_names(model, s.target_modules),
                           bias=s.bias, modules_to_save=list(s.modules_to_save) or None, task_type="CAUSAL_LM", **extra)
 
     def apply(self, model, ctx):
         from peft import get_peft_model
 
-        return get_peft_model(model, self.lora_config(**self.extra()))
+        return get_peft_model(model, self.lora_config(model, **self.extra()))
 
     def merged(self, model):
         return model.merge_and_unload()

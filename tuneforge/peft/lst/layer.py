@@ -13,6 +13,7 @@ divided by r (same number of layers and heads). `up` starts at zero, so training
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -23,13 +24,15 @@ def head_dim(config) -> int:
 
 
 def shape_problems(config, r: int) -> list[str]:
-    """Widths that the reduction r must divide (RoPE also needs an even side head dim)."""
-    out = [f"peft.reduction={r} does not divide the model's {k}={getattr(config, k)}"
-           for k in ("hidden_size", "intermediate_size") if getattr(config, k) % r]
+    """Widths that the reduction r must divide (RoPE also needs an even side head dim), each with a value that works."""
     hd = head_dim(config)
+    g = math.gcd(config.hidden_size, config.intermediate_size, hd // 2)
+    fit = max(d for d in range(1, min(g, r) + 1) if g % d == 0)
+    fix = f": set peft.reduction to a divisor of {g}, e.g. peft.reduction={fit}"
+    out = [f"peft.reduction={r} does not divide the model's {k}={getattr(config, k)}{fix}"
+           for k in ("hidden_size", "intermediate_size") if getattr(config, k) % r]
     if hd % r or (hd // r) % 2:
-        out.append(f"peft.reduction={r}: the side head dim {hd}/{r} must be an even integer (RoPE); "
-                   f"pick a reduction that divides {hd // 2}")
+        out.append(f"peft.reduction={r}: the side head dim {hd}/{r} must be an even integer (RoPE){fix}")
     return out
 
 

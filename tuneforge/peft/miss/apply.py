@@ -10,14 +10,22 @@ equivalently W = W0 + tile(D^T) (D^T repeated along in_features), so merge/unmer
 
 from __future__ import annotations
 
+from tuneforge.models.shapes import at_most_features, divides_features, targets
+from tuneforge.models.targets import target_names
 from tuneforge.peft.base import TuningMethod
-from tuneforge.peft.lora.apply import peft_targets
 from tuneforge.peft.miss.spec import MissSpec
 from tuneforge.registry import register
 
 
 @register("peft", "miss", config=MissSpec)
 class Miss(TuningMethod):
+    @staticmethod
+    def shape_problems(spec, shape):
+        """PEFT's MissLayer: r <= in_features; the mini form tiles r x mini_r blocks along out_features."""
+        linears, out = targets(shape, spec.target_modules)
+        out += at_most_features("peft.r", spec.r, linears, sides=("in",))
+        return out + (divides_features("peft.mini_r", spec.mini_r, linears, sides=("out",)) if spec.mini_r else [])
+
     def init_weights(self):
         return "mini" if self.spec.mini_r else True
 
@@ -25,7 +33,7 @@ class Miss(TuningMethod):
         from peft import MissConfig, get_peft_model
 
         s = self.spec
-        config = MissConfig(r=s.r, miss_dropout=s.dropout, target_modules=peft_targets(s.target_modules),
+        config = MissConfig(r=s.r, miss_dropout=s.dropout, target_modules=target_names(model, s.target_modules),
                             init_weights=self.init_weights(), mini_r=getattr(s, "mini_r", 0) or 1,
                             task_type="CAUSAL_LM")
         return get_peft_model(model, config)

@@ -20,21 +20,15 @@ import copy
 import json
 
 import torch
-from torch import nn
 
 from tuneforge.errors import InputError
 from tuneforge.models.layers import unwrap
+from tuneforge.models.targets import replace, target_linears
 from tuneforge.peft import routing
 from tuneforge.peft.base import TuningMethod
-from tuneforge.peft.corda.apply import linear_names
 from tuneforge.peft.mtlora.layer import MTLoraLinear
 from tuneforge.peft.mtlora.spec import MtLoraSpec, tasks_differ
 from tuneforge.registry import register
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 @register("peft", "mtlora", config=MtLoraSpec)
@@ -50,14 +44,10 @@ class MtLora(TuningMethod):
         for p in model.parameters():
             p.requires_grad_(False)
         route = routing.attach(model, self.tasks)
-        suffixes = set(linear_names(model, s.target_modules))
-        head = unwrap(model).get_output_embeddings()
-        self.targets = [n for n, m in model.named_modules()
-                        if isinstance(m, nn.Linear) and m is not head and n.split(".")[-1] in suffixes]
-        if not self.targets:
-            raise InputError([f"peft.target_modules={s.target_modules} matches no linear layer of the model"])
-        for name in self.targets:
-            _set(model, name, MTLoraLinear(model.get_submodule(name), route, s.r, s.task_r, s.alpha, s.dropout))
+        self.targets = []
+        for name, linear in target_linears(model, s.target_modules):
+            replace(model, name, MTLoraLinear(linear, route, s.r, s.task_r, s.alpha, s.dropout))
+            self.targets.append(name)
         return model
 
     def variants(self):
@@ -73,7 +63,7 @@ class MtLora(TuningMethod):
         t = self.tasks.index(variant)
         out = copy.deepcopy(model)
         for name in self.targets:
-            _set(out, name, out.get_submodule(name).merged_linear(t))
+            replace(out, name, out.get_submodule(name).merged_linear(t))
         del unwrap(out).task_route
         return out
 

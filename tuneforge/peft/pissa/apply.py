@@ -12,6 +12,7 @@ original weights; the merged export is the result.
 
 from __future__ import annotations
 
+from tuneforge.models.shapes import at_most_features, targets
 from tuneforge.peft.lora.apply import Lora
 from tuneforge.peft.pissa.spec import PissaSpec
 from tuneforge.registry import register
@@ -19,6 +20,12 @@ from tuneforge.registry import register
 
 @register("peft", "pissa", config=PissaSpec)
 class Pissa(Lora):
+    @staticmethod
+    def shape_problems(spec, shape):
+        """The adapter takes r singular components of W: there are min(in, out)."""
+        linears, out = targets(shape, spec.target_modules)
+        return out + at_most_features("peft.r", spec.r, linears)
+
     def extra(self):
         n = self.spec.niter
         return {"init_lora_weights": f"pissa_niter_{n}" if n else "pissa"}

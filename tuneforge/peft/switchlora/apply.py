@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from tuneforge.models.shapes import at_most_features, targets
 from tuneforge.peft.adapters import adapters, merge, row_index, wrap, write
 from tuneforge.peft.base import TuningMethod
 from tuneforge.peft.switchlora.layer import SwitchLoraLinear
@@ -64,6 +65,12 @@ def pick(cursor: int, r: int, k: int, ok) -> list[int]:
 
 @register("peft", "switchlora", config=SwitchLoraSpec)
 class SwitchLora(TuningMethod):
+    @staticmethod
+    def shape_problems(spec, shape):
+        """Each of the r vectors of A (of B) holds its own candidate, drawn from min(in, out) candidates."""
+        linears, out = targets(shape, spec.target_modules)
+        return out + at_most_features("peft.r", spec.r, linears)
+
     def apply(self, model, ctx):
         s = self.spec
         self.seed = ctx.seed

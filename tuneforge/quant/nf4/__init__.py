@@ -6,10 +6,11 @@ are the quantiles of N(0, 1) (Eq. 4); with double quantization the per-block fp3
 again to 8 bits (blocks of 256). The forward computes Y = X doubleDequant(c1, c2, W_nf4) in the compute dtype
 (Eq. 5's base term), the dtype of the `precision` group (fp32 or bf16).
 
-Every nn.Linear except the LM head is replaced by a frozen `Linear4bit` after the model is loaded. This one path
-works for models built from a config (random init: `model=tiny_llama`) and for pretrained checkpoints alike
-(the weights load in fp32 first, then are quantized layer by layer). `dequantize(model)` is the inverse used
-by export: plain nn.Linear layers holding the dequantized weights.
+Every nn.Linear inside the decoder layers (models.targets' `all-linear`: never the LM head or the embeddings;
+exactly the linears `peft=qlora` adapts by default) is replaced by a frozen `Linear4bit` after the model is
+loaded. This one path works for models built from a config (random init: `model=tiny_llama`) and for pretrained
+checkpoints alike (the weights load in fp32 first, then are quantized layer by layer). `dequantize(model)` is the
+inverse used by export: plain nn.Linear layers holding the dequantized weights.
 """
 
 from __future__ import annotations
@@ -53,14 +54,12 @@ class Nf4(Quantizer):
         import torch
         from torch import nn
 
+        from tuneforge.models.targets import ALL_LINEAR, replace, target_linears
         from tuneforge.precision.modes import torch_dtype
 
-        head = model.get_output_embeddings()
         s, dtype = self.spec, torch_dtype(self.compute_dtype)
 
         def make(m):
-            if type(m) is not nn.Linear or m is head:
-                return None
             q = bnb.nn.Linear4bit(m.in_features, m.out_features, bias=m.bias is not None, compute_dtype=dtype,
                                   compress_statistics=s.double_quant, quant_type="nf4", device="meta")
             q.weight = bnb.nn.Params4bit(m.weight.data.float(), requires_grad=False, blocksize=s.blocksize,
@@ -70,8 +69,9 @@ class Nf4(Quantizer):
             q.support_avx512bf16_for_cpu = False  # never repack the weights in place at eval: one canonical layout
             return q.to(m.weight.device if m.weight.device.type != "meta" else torch.device("cpu"))
 
-        if not _replace(model, make):
-            raise ValueError("quant=nf4 found no nn.Linear layer to quantize")
+        for name, m in target_linears(model, [ALL_LINEAR]):
+            if type(m) is nn.Linear:
+                replace(model, name, make(m))
         model.is_loaded_in_4bit = True  # what PEFT (LoRA's 4-bit layers, prepare_model_for_kbit_training) looks for
         return model
 
