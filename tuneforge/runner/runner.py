@@ -180,23 +180,13 @@ class Runner:
 
     def build_engine(self) -> None:
         ckpt = checkpoint.resolve(self.t.resume, self.run_dir, self.console)
-        universal, meta = False, {}
-        if ckpt is not None:  # the method's state decides the optimizer's structure: restore it first
-            meta = checkpoint.read_meta(ckpt)
-            self.step, self.skipped, self.bad_streak = meta["step"], meta.get("skipped_steps", 0), meta.get("bad_streak", 0)
-            self.method.load_state_dict(meta.get("method", {}))
-            self.data.load_state_dict(meta.get("data", {}))
-            if meta.get("planned_for") == [self.t.max_steps, self.t.epochs]:
-                self.total_steps = meta["total_steps"]
-            elif meta.get("data"):  # the user changed the run's length: plan it over the data it trains on now
-                self.plan_steps()
-            universal = checkpoint.needs_universal(ckpt, dist.world(), self.ds["zero_optimization"]["stage"])
+        meta = self.restore_state(ckpt) if ckpt is not None else {}
         self.engine = Engine(self.objective, self.ds, self.specs, self.precision, self.device,
                              meta.get("total_steps", self.total_steps))
         self.engine.build(self.method.param_groups(self.objective.lm), start_step=self.step)
         if ckpt is not None:
-            client = checkpoint.load(self.engine.ds, ckpt, self.objective.lm, universal)
-            self.history = client.get("history", self.history)
+            universal = checkpoint.needs_universal(ckpt, dist.world(), self.ds["zero_optimization"]["stage"])
+            self.history = checkpoint.load(self.engine.ds, ckpt, self.objective.lm, universal).get("history", self.history)
             self.console.print(f"resumed from {ckpt} at step {self.step}")
             self.metrics.truncate(self.step)
         elif self.t.resume == "auto":
@@ -212,6 +202,19 @@ class Runner:
         self.hooks = [self.method, self.selector, self.precision]
         for hook in self.hooks:
             hook.on_train_start(self.context())
+
+    def restore_state(self, ckpt: Path) -> dict:
+        """What decides the engine's structure and the data, restored before the engine is built: the step
+        counters, the method's state (e.g. LISA's active layers), a selector's choice, the planned length."""
+        meta = checkpoint.read_meta(ckpt)
+        self.step, self.skipped, self.bad_streak = meta["step"], meta.get("skipped_steps", 0), meta.get("bad_streak", 0)
+        self.method.load_state_dict(meta.get("method", {}))
+        self.data.load_state_dict(meta.get("data", {}))
+        if meta.get("planned_for") == [self.t.max_steps, self.t.epochs]:
+            self.total_steps = meta["total_steps"]
+        elif meta.get("data"):  # the user changed the run's length: plan it over the data it trains on now
+            self.plan_steps()
+        return meta
 
     def context(self) -> TrainContext:
         return TrainContext(step=self.step, total_steps=self.total_steps, engine=self.engine, model=self.objective.lm,
