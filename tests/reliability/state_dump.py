@@ -14,8 +14,8 @@ import torch
 from tuneforge.config.compose import load_run_config
 from tuneforge.distributed import dist
 from tuneforge.distributed import optim_state as ostate
+from tuneforge.distributed.params import gathered
 from tuneforge.runner.runner import Runner
-from tuneforge.runner.weights import _gathered
 
 
 def main(run_dir: Path, out: Path) -> int:
@@ -27,7 +27,7 @@ def main(run_dir: Path, out: Path) -> int:
         for name, p in runner.objective.lm.named_parameters():
             if p.requires_grad:
                 state[name] = ostate.get(runner.engine, p)
-                with _gathered(p):
+                with gathered(p):
                     weights[name] = p.detach().cpu().clone()
         if dist.is_main():
             torch.save({"state": state, "weights": weights, "step": runner.step}, out)

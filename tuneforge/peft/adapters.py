@@ -21,8 +21,8 @@ import re
 import torch
 from torch import nn
 
+from tuneforge.distributed.params import assign
 from tuneforge.models.layers import decoder_layers
-from tuneforge.runner.weights import assign
 
 
 class AdapterLinear(nn.Module):
