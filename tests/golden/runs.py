@@ -4,7 +4,13 @@ that any change in numerics shows in review (ARCHITECTURE rule 8).
 One definition serves both sides: scripts/regen_golden.py runs ARGS[recipe] through the real CLI and writes the
 file; the tests that already run the recipe (the recipe walk, the LISA and QLoRA contracts) run exactly
 ARGS[recipe] and compare with `check`. Every entry pins CPU threads, so the numbers do not depend on the number
-of cores of the machine. The JSON files are generated: never edit them by hand."""
+of cores of the machine (two threads per rank move full_tiny_zero3 by 2e-6). The JSON files are generated:
+never edit them by hand.
+
+Reproducibility, measured on an AMD EPYC (AVX512): two regenerations give bitwise equal files. The same machine
+restricted to AVX2 or to no SIMD (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS) moves the
+curves by up to 1.5e-6, 5.7e-6 for lisa_tiny and 8.6e-6 for corda_kpm_tiny (its SVD): ATOL holds across
+instruction sets, with little room for corda_kpm_tiny; regenerate on the machine that runs the suite."""
 
 from __future__ import annotations
 
