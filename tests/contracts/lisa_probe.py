@@ -14,14 +14,14 @@ import torch
 from tuneforge.config.run import Run
 from tuneforge.distributed import dist
 from tuneforge.distributed import optim_state as ostate
+from tuneforge.distributed.params import gathered
 from tuneforge.runner.runner import Runner
-from tuneforge.runner.weights import _gathered
 
 
 def snapshot(lm) -> dict[str, torch.Tensor]:
     out = {}
     for n, p in lm.named_parameters():
-        with _gathered(p):
+        with gathered(p):
             out[n] = p.detach().cpu().clone()
     return out
 

@@ -138,15 +138,17 @@ def test_resume_mid_period_reproduces_run(tmp_path):
 
 def test_lisa_tiny_recipe_exports_every_trained_layer(tmp_path):
     """The final weights hold every layer trained in any period (not only the last active set): the exported
-    model reproduces the trained model's logits (2 ranks, ZeRO-3: weights gathered from partitions)."""
+    model reproduces the trained model's logits (2 ranks, ZeRO-3: weights gathered from partitions). Its losses
+    are the pinned ones (tests/golden/lisa_tiny.json)."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from tests.conftest import run_dir_of, summary
+    from tests.golden import runs as golden
 
-    run = run_dir_of(ok(tuneforge("train", "recipe=lisa_tiny", "trainer.max_steps=6", "trainer.eval_at_start=false",
-                                  "data.n_eval=2", cwd=tmp_path)))
+    run = run_dir_of(ok(tuneforge("train", *golden.ARGS["lisa_tiny"], cwd=tmp_path)))
     assert summary(run)["world_size"] == 2
+    golden.check("lisa_tiny", train_losses(run))
     saved = load_file(str(run / "final" / "trainable.safetensors"))
     layers = {int(n.split(".layers.")[1].split(".")[0]) for n in saved if ".layers." in n}
     assert len(layers) > 2  # three periods, several layers trained over the run

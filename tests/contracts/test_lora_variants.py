@@ -11,6 +11,7 @@ from torch import nn
 
 from tests.conftest import ok, run_dir_of, summary, train_losses, tuneforge
 from tests.contracts.test_peft_family import Row, make
+from tests.golden import runs as golden
 from tuneforge.config.compose import compose
 from tuneforge.errors import InputError
 
@@ -53,14 +54,15 @@ def test_nf4_cross_axis_checks_name_the_fix():
 
 def test_qlora_tiny_recipe_learns_and_exports_a_dequantized_model(tmp_path):
     """A real run of qlora_tiny: the loss falls; the export is a plain fp32 model (no 4-bit layer, no quantization
-    config) that AutoModelForCausalLM loads and that reproduces the quantized+adapter model's logits."""
+    config) that AutoModelForCausalLM loads and that reproduces the quantized+adapter model's logits. Its losses
+    are the pinned ones (tests/golden/qlora_tiny.json)."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    run = run_dir_of(ok(tuneforge("train", "recipe=qlora_tiny", "trainer.max_steps=6", "trainer.save_every=0",
-                                  "trainer.eval_at_start=true", cwd=tmp_path)))
+    run = run_dir_of(ok(tuneforge("train", *golden.ARGS["qlora_tiny"], cwd=tmp_path)))
     s = summary(run)
-    assert s["status"] == "completed" and len(train_losses(run)) == 6
+    assert s["status"] == "completed"
+    golden.check("qlora_tiny", train_losses(run))
     assert s["eval"]["eval_loss"] < s["eval_before"]["eval_loss"] - 0.05, (s["eval_before"], s["eval"])
     ok(tuneforge("export", f"run_dir={run}", cwd=tmp_path))
     config = json.loads((run / "export" / "config.json").read_text())

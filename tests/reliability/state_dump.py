@@ -13,8 +13,8 @@ import torch
 
 from tuneforge.config.run import Run
 from tuneforge.distributed import dist
+from tuneforge.distributed.params import gathered
 from tuneforge.runner.runner import Runner
-from tuneforge.runner.weights import _gathered
 
 
 def main(run_dir: Path, out: Path) -> int:
@@ -26,7 +26,7 @@ def main(run_dir: Path, out: Path) -> int:
         for name, p in runner.objective.lm.named_parameters():
             if p.requires_grad:
                 state[name] = runner.engine.state(p)
-                with _gathered(p):
+                with gathered(p):
                     weights[name] = p.detach().cpu().clone()
         if dist.is_main():
             torch.save({"state": state, "weights": weights, "step": runner.step}, out)

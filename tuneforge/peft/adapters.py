@@ -20,8 +20,8 @@ import re
 import torch
 from torch import nn
 
+from tuneforge.distributed.params import assign
 from tuneforge.models.targets import replace, target_linears
-from tuneforge.runner.weights import assign
 
 
 class AdapterLinear(nn.Module):

@@ -340,7 +340,7 @@ def _load_universal(engine, source: Path) -> dict:
     moments, step) into an engine of any stage and world size, parameter by parameter: module weight and the
     engine's own fp32 master / moments through DeepSpeed's safe_set_full_* API (optim_state.put)."""
     from tuneforge.distributed import optim_state as ostate
-    from tuneforge.runner.weights import assign
+    from tuneforge.distributed.params import assign
 
     ostate.materialize(engine)
     for name, p in engine.module.named_parameters():

@@ -1,4 +1,4 @@
-"""Named parameters to and from safetensors, ZeRO-3 aware.
+"""Named parameters to and from safetensors, ZeRO-3 aware (through distributed.params).
 
 Saving gathers each ZeRO-3 partitioned parameter in turn (all ranks take part; rank 0 writes). Loading copies
 by name into the parameters of a model rebuilt the way the run built it (load -> quantize -> apply method);
@@ -13,26 +13,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tuneforge.distributed import dist
+from tuneforge.distributed.params import assign, gathered
 from tuneforge.errors import RunError
 
 FILE = "trainable.safetensors"
-
-
-def _gathered(p: torch.nn.Parameter, modify: bool = False):
-    import contextlib
-
-    if hasattr(p, "ds_id"):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters([p], modifier_rank=0 if modify else None)
-    return contextlib.nullcontext()
 
 
 def save_named(lm: torch.nn.Module, path: Path, names: set[str], meta: dict | None = None) -> None:
     state = {}
     for n, p in lm.named_parameters():
         if n in names:
-            with _gathered(p):
+            with gathered(p):
                 state[n] = p.detach().cpu().clone().contiguous()
     if dist.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +42,3 @@ def load_named(lm: torch.nn.Module, path: Path, strict_names: set[str] | None = 
     for n, t in state.items():
         assign(params[n], t)
 
-
-def assign(p: torch.nn.Parameter, value: torch.Tensor) -> None:
-    """Set a parameter's full value (under ZeRO-3 through a gather that rank 0's copy re-partitions)."""
-    with torch.no_grad(), _gathered(p, modify=True):
-        p.copy_(value.to(p.dtype).view(p.shape))

@@ -31,13 +31,13 @@ import math
 
 import torch
 
+from tuneforge.distributed.params import assign
 from tuneforge.models.shapes import at_most_features, targets
 from tuneforge.peft.adapters import adapters, merge, row_index, wrap, write
 from tuneforge.peft.base import TuningMethod
 from tuneforge.peft.switchlora.layer import SwitchLoraLinear
 from tuneforge.peft.switchlora.spec import SwitchLoraSpec
 from tuneforge.registry import register
-from tuneforge.runner.weights import assign
 
 
 def generator(seed: int, step: int, layer: int) -> torch.Generator:
