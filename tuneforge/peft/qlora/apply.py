@@ -40,7 +40,7 @@ class QLora(Lora):
         from peft.tuners.lora import LoraLayer
         from torch import nn
 
-        from tuneforge.quant.nf4 import _replace, dequantize, dequantize_weight
+        from tuneforge.models.kbit import dequantize, dequantize_weight, replace_modules
 
         def make(m):
             if not isinstance(m, LoraLayer):
@@ -58,5 +58,5 @@ class QLora(Lora):
 
         with torch.no_grad():
             plain = model.get_base_model()
-            _replace(plain, make)
+            replace_modules(plain, make)
             return dequantize(plain)

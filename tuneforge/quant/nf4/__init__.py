@@ -10,7 +10,7 @@ Every nn.Linear inside the decoder layers (models.targets' `all-linear`: never t
 exactly the linears `peft=qlora` adapts by default) is replaced by a frozen `Linear4bit` after the model is
 loaded. This one path works for models built from a config (random init: `model=tiny_llama`) and for pretrained
 checkpoints alike (the weights load in fp32 first, then are quantized layer by layer). `dequantize(model)` is the
-inverse used by export: plain nn.Linear layers holding the dequantized weights.
+inverse used by export (tuneforge/models/kbit.py): plain nn.Linear layers holding the dequantized weights.
 """
 
 from __future__ import annotations
@@ -35,18 +35,6 @@ class Nf4Spec(Spec):
         return one_of(self, "blocksize", (32, 64, 128, 256, 512, 1024, 2048, 4096))
 
 
-def _replace(model, make) -> int:
-    """Replace every module for which `make(module)` returns a new module; return how many were replaced."""
-    n = 0
-    for name, module in list(model.named_modules()):
-        new = make(module)
-        if new is not None:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, new)
-            n += 1
-    return n
-
-
 @register("quant", "nf4", config=Nf4Spec)
 class Nf4(Quantizer):
     def apply(self, model):
@@ -54,8 +42,8 @@ class Nf4(Quantizer):
         import torch
         from torch import nn
 
+        from tuneforge.models.load import torch_dtype
         from tuneforge.models.targets import ALL_LINEAR, replace, target_linears
-        from tuneforge.precision.modes import torch_dtype
 
         s, dtype = self.spec, torch_dtype(self.compute_dtype)
 
@@ -74,30 +62,3 @@ class Nf4(Quantizer):
                 replace(model, name, make(m))
         model.is_loaded_in_4bit = True  # what PEFT (LoRA's 4-bit layers, prepare_model_for_kbit_training) looks for
         return model
-
-
-def dequantize(model):
-    """Every bitsandbytes Linear4bit -> nn.Linear with its dequantized weight (fp32), in place."""
-    import bitsandbytes as bnb
-    import torch
-    from torch import nn
-
-    def make(m):
-        if not isinstance(m, bnb.nn.Linear4bit):
-            return None
-        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
-        lin.weight = nn.Parameter(dequantize_weight(m.weight).float(), requires_grad=False)
-        if m.bias is not None:
-            lin.bias = nn.Parameter(m.bias.data.float().clone(), requires_grad=False)
-        return lin
-
-    with torch.no_grad():
-        _replace(model, make)
-    model.is_loaded_in_4bit = False
-    return model
-
-
-def dequantize_weight(w):
-    import bitsandbytes as bnb
-
-    return bnb.functional.dequantize_4bit(w.data, w.quant_state)

@@ -1,0 +1,45 @@
+"""k-bit base weights shared by the quantizers and the methods that train on them (bitsandbytes 4-bit).
+
+    replace_modules(model, make)   replace every module for which make(module) returns a new one; the count
+    dequantize_weight(w)           a Params4bit weight back to a dense tensor
+    dequantize(model)              every Linear4bit -> nn.Linear holding its dequantized weight (fp32), in place
+"""
+
+from __future__ import annotations
+
+
+def replace_modules(model, make) -> int:
+    n = 0
+    for name, module in list(model.named_modules()):
+        new = make(module)
+        if new is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
+            n += 1
+    return n
+
+
+def dequantize_weight(w):
+    import bitsandbytes as bnb
+
+    return bnb.functional.dequantize_4bit(w.data, w.quant_state)
+
+
+def dequantize(model):
+    import bitsandbytes as bnb
+    import torch
+    from torch import nn
+
+    def make(m):
+        if not isinstance(m, bnb.nn.Linear4bit):
+            return None
+        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        lin.weight = nn.Parameter(dequantize_weight(m.weight).float(), requires_grad=False)
+        if m.bias is not None:
+            lin.bias = nn.Parameter(m.bias.data.float().clone(), requires_grad=False)
+        return lin
+
+    with torch.no_grad():
+        replace_modules(model, make)
+    model.is_loaded_in_4bit = False
+    return model
