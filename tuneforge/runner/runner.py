@@ -4,7 +4,8 @@
     select_data   load + validate rows, tokenize, select (rank 0, broadcast), pack, plan batches
     build_model   load -> quantize -> apply the tuning method -> precision
     build_engine  deepspeed.initialize with ds_config(cfg); resume from a checkpoint if asked
-    train         the loop: method hook, micro-batches, optimizer step, log, eval, checkpoint
+    train         the loop: method hook, micro-batches, optimizer step, log, eval, checkpoint; a step's loss is
+                  its token losses summed over the whole global batch / its trained tokens (any split)
     save          final checkpoint, trained weights, probe logits, summary.json
     teardown      close sinks, destroy the process group
 """
@@ -40,7 +41,7 @@ from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, count, trainable
 from tuneforge.runner import checkpoint, evaluate, faults
 from tuneforge.runner.model import build as build_lm
-from tuneforge.runner.objective import CausalLM
+from tuneforge.runner.objective import CausalLM, step_divisor
 from tuneforge.runner.start import run_ds_config
 from tuneforge.runner.weights import FILE as WEIGHTS
 from tuneforge.runner.weights import save_named
@@ -211,18 +212,20 @@ class Runner:
         self.evaluate()
 
     def train_step(self) -> dict:
-        """One optimizer step over this rank's micro-batches; a step with a non-finite loss or gradient norm is
+        """One optimizer step over this rank's micro-batches, normalised by the global batch's trained tokens (so
+        the gradient and the logged loss are one big batch's); a step with a non-finite loss or gradient norm is
         skipped by the engine (parameters unchanged) and counted."""
         t0 = time.time()  # the step's time includes the method's own work (e.g. a LISA switch)
         faults.at_step(self.step)
         self.method.on_step_start(self.step, self)
         lr = self.engine.get_lr()[0]
         loss_sum, tokens = 0.0, 0
+        divisor = step_divisor(self.plan.trained_tokens(self.step, self.train_samples), self.plan.accum * self.plan.world)
         for micro, idx in enumerate(self.plan.micro_batches(self.step, dist.rank())):
             batch = {k: v.to(self.device) for k, v in collate([self.train_samples[i] for i in idx],
                                                              self.tok.pad_token_id).items()}
             with self.autocast():
-                loss = self.engine(**batch)
+                loss = self.engine(**batch, divisor=divisor)
             if faults.active("nan", "loss", self.step):
                 loss = loss * float("nan")
             self.engine.backward(loss)
