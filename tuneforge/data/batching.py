@@ -4,6 +4,8 @@ The order is a function of (seed, epoch) only, so every rank computes the same p
 and a run resumed at step N sees exactly the samples the uninterrupted run saw. A global batch of
 micro * accum * world samples is cut into micro-batches; rank r takes micro-batch a*world + r at
 accumulation step a, so 1 rank x accum 2 and 2 ranks x accum 1 train on the same samples per step.
+Every rank holds every sample, so each knows the trained-token count of the whole global batch, which
+normalises the step's loss (runner/objective.py), without communication.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class BatchPlan:
         chunk = self.global_batch_indices(step)
         m = self.micro
         return [chunk[(a * self.world + rank) * m:(a * self.world + rank + 1) * m] for a in range(self.accum)]
+
+    def trained_tokens(self, step: int, samples: list[Sample]) -> int:
+        """Trained tokens of step `step`'s whole global batch (all micro-batches of all ranks)."""
+        return sum(samples[i].trained_tokens for i in self.global_batch_indices(step))
 
 
 def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:

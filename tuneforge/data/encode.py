@@ -29,7 +29,8 @@ class Sample:
 
     @property
     def trained_tokens(self) -> int:
-        return sum(1 for t in self.labels if t != IGNORE)
+        """Tokens the objective trains on: a label is predicted from the token before it, so the first never is."""
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
 
 
 def with_system(messages: list[dict], system_prompt: Optional[str]) -> list[dict]:

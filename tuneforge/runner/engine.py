@@ -125,8 +125,8 @@ class Engine:
     def module(self) -> torch.nn.Module:
         return self.ds.module
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.ds(**batch)
+    def forward(self, batch: dict, **kwargs) -> torch.Tensor:
+        return self.ds(**batch, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)

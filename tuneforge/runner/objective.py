@@ -1,6 +1,10 @@
 """The training objective as an nn.Module, so the DeepSpeed engine wraps exactly what is trained.
 
-Next-token cross-entropy, averaged over trained tokens (labels != -100), as Hugging Face computes it. For
+Next-token cross-entropy over trained tokens (labels != -100). In training the loss is a property of the global
+batch: each micro-batch's summed token loss is divided by `step_divisor` (from the trained-token count of the
+whole global batch), so the step's gradient and logged loss are those of one big batch, whatever the micro-batch
+size, gradient accumulation, rank count or ZeRO stage. A micro-batch's own token mean would weigh the tokens of
+short samples more whenever micro-batches differ in trained tokens. Evaluation sums (`reduction="sum"`). For
 decoder families whose LM forward is just `head(decoder(x))`, the head is applied only at trained positions:
 with short answers and large vocabularies the full-vocabulary logits at every position are most of the
 compute and memory of a step, and never enter the loss. Other families go through the model's own forward.
@@ -22,6 +26,14 @@ from tuneforge.peft.routing import set_tasks
 PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma", "smollm3"}
 
 
+def step_divisor(global_tokens: int, micro_batches: int) -> float:
+    """What each micro-batch divides its summed token loss by in training. DeepSpeed averages gradients over the
+    step's `micro_batches` (grad_accum x ranks: backward scales by 1/grad_accum, the gradient all-reduce averages
+    over ranks), so micro-batch losses of sum * micro_batches / global_tokens average to the gradient of
+    (sum of every token loss of the global batch) / global_tokens; their mean is that loss too."""
+    return max(global_tokens, 1) / micro_batches
+
+
 class CausalLM(nn.Module):
     def __init__(self, lm: nn.Module):
         super().__init__()
@@ -37,7 +49,9 @@ class CausalLM(nn.Module):
         return packed_attention_mask(segments, dtype)
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, segments=None, reduction="mean",
-                task_ids=None):
+                task_ids=None, divisor: float | None = None):
+        """reduction="mean": the summed token loss over `divisor` (training, see `step_divisor`), or by default
+        over this batch's own trained tokens; "sum": the pair (summed token loss, trained tokens)."""
         set_tasks(self.lm, task_ids)  # multi-task batches: route each sample to its task's modules
         mask = self._mask(attention_mask, segments)
         target = labels[:, 1:]
@@ -54,4 +68,4 @@ class CausalLM(nn.Module):
         count = keep.sum()
         if reduction == "sum":
             return torch.stack([total, count.to(total.dtype)])
-        return total / count.clamp(min=1)
+        return total / (count.clamp(min=1) if divisor is None else divisor)

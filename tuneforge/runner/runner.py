@@ -5,7 +5,8 @@
     build_model   load -> quantize -> apply the tuning method -> precision
     build_engine  the Engine (DeepSpeed engine around the method's parameter groups); resume if asked; a
                   selector that scores samples with the model selects now
-    train         the loop: hooks, micro-batches, optimizer step, log, eval, checkpoint
+    train         the loop: hooks, micro-batches, optimizer step, log, eval, checkpoint; a step's loss is
+                  its token losses summed over the whole global batch / its trained tokens (any split)
     save          final checkpoint, trained weights, probe logits, summary.json
     teardown      close sinks, destroy the process group
 
@@ -43,7 +44,7 @@ from tuneforge.peft.base import MethodContext, count, trainable
 from tuneforge.runner import checkpoint, evaluate, faults
 from tuneforge.runner.engine import Engine
 from tuneforge.runner.model import build as build_lm
-from tuneforge.runner.objective import CausalLM
+from tuneforge.runner.objective import CausalLM, step_divisor
 from tuneforge.runner.trainset import TrainSet
 from tuneforge.runner.weights import FILE as WEIGHTS
 from tuneforge.runner.weights import save_named
@@ -241,7 +242,8 @@ class Runner:
         self.evaluate()
 
     def train_step(self) -> dict:
-        """One optimizer step over this rank's micro-batches; a step with a non-finite loss or gradient norm is
+        """One optimizer step over this rank's micro-batches, normalised by the global batch's trained tokens (so
+        the gradient and the logged loss are one big batch's); a step with a non-finite loss or gradient norm is
         skipped by the engine (parameters unchanged) and counted."""
         t0 = time.time()  # the step's time includes the hooks' own work (e.g. a LISA switch)
         faults.at_step(self.step)
@@ -250,10 +252,11 @@ class Runner:
             hook.on_step_start(ctx)
         lr, plan, samples = self.engine.lr, self.data.plan, self.data.samples
         loss_sum, tokens = 0.0, 0
+        divisor = step_divisor(plan.trained_tokens(self.step, samples), plan.accum * plan.world)
         for micro, idx in enumerate(plan.micro_batches(self.step, dist.rank())):
             batch = {k: v.to(self.device) for k, v in collate([samples[i] for i in idx], self.tok.pad_token_id).items()}
             with self.autocast():
-                loss = self.engine.forward(batch)
+                loss = self.engine.forward(batch, divisor=divisor)
             if faults.active("nan", "loss", self.step):
                 loss = loss * float("nan")
             self.engine.backward(loss)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tuneforge.data.batching import BatchPlan, collate, packed_attention_mask
-from tuneforge.data.encode import IGNORE, Sample
+from tuneforge.data.encode import IGNORE, Sample, pack
 
 
 def step_samples(plan, step):
@@ -42,3 +42,17 @@ def test_packed_mask_is_block_causal():
     assert torch.equal(m, expect)
     additive = packed_attention_mask(seg, torch.float32)[0, 0]
     assert torch.equal(additive == 0, expect)
+
+
+def test_trained_tokens_counts_what_every_rank_trains_on():
+    """The global batch's trained tokens, known to every rank from the plan, equal the shifted labels != IGNORE
+    summed over the collated micro-batches of all ranks (the first label of a row is never a target)."""
+    rows = [Sample(list(range(n + 2)), [7 if i % 3 else IGNORE for i in range(n + 2)]) for n in range(24)]
+    packed = pack(rows, max_length=40)  # pack ignores each sample's first label
+    for samples in (rows, packed):
+        for world, accum in ((1, 1), (1, 2), (2, 1), (2, 2)):
+            plan = BatchPlan(len(samples), micro=2, accum=accum, world=world, seed=3)
+            for step in range(5):
+                counted = sum(int((collate([samples[i] for i in mb], pad_id=0)["labels"][:, 1:] != IGNORE).sum())
+                              for r in range(world) for mb in plan.micro_batches(step, r))
+                assert plan.trained_tokens(step, samples) == counted > 0

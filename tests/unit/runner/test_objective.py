@@ -47,3 +47,28 @@ def test_packed_equals_separate(tiny_model_factory, tokenizer, samples, attn):
     two = pack(samples, max_length=sum(len(s.input_ids) for s in samples[:3]))
     got2 = obj(**collate(two, tokenizer.pad_token_id), reduction="sum")
     torch.testing.assert_close(got2, total, rtol=1e-5, atol=1e-4)
+
+
+def test_split_micro_batches_give_the_one_big_batch_loss_and_gradient(tiny_model_factory, tokenizer):
+    """Each micro-batch's summed token loss over (global trained tokens / number of micro-batches), averaged
+    over the micro-batches as DeepSpeed averages their gradients (1/grad_accum, mean over ranks), is Hugging
+    Face's loss of the one big batch, with its gradient. Each micro-batch's own token mean is not."""
+    spec = build_specs(compose(["data=jsonl", "data.path=pkg://tuneforge/data/examples/jsonl.jsonl"]))["data"]
+    rows = [Example(messages=[{"role": "user", "content": "list"}, {"role": "assistant", "content": "word " * n}],
+                    source=str(n)) for n in (1, 60, 4, 30)]
+    samples = encode(rows, tokenizer, spec, RowReport())
+    model = tiny_model_factory(0)
+    obj, params = CausalLM(model), [p for p in model.parameters() if p.requires_grad]
+    big = collate(samples, tokenizer.pad_token_id)
+    ref = model(input_ids=big["input_ids"], attention_mask=big["attention_mask"], labels=big["labels"]).loss
+    ref_grads = torch.autograd.grad(ref, params)
+    n_tokens = int((big["labels"][:, 1:] != -100).sum())
+    for micro in (1, 2):
+        parts = [collate(samples[i:i + micro], tokenizer.pad_token_id) for i in range(0, len(samples), micro)]
+        loss = torch.stack([obj(**p, divisor=n_tokens / len(parts)) for p in parts]).mean()
+        torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+        for got, want in zip(torch.autograd.grad(loss, params), ref_grads):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            mean_of_means = torch.stack([obj(**p) for p in parts]).mean()
+        assert abs(mean_of_means - ref) > 1e-4  # the old normalisation (short samples weigh more): not float noise
