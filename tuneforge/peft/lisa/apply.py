@@ -14,6 +14,32 @@ is carried over exactly (`tuneforge.distributed.optim_state`). The state of a la
 is freed by default (`inactive_state=free`: Adam moments of a layer last trained periods ago are stale, and
 keeping them is what makes LISA's memory creep towards full fine-tuning in callback implementations);
 `inactive_state=offload` keeps it in CPU memory and restores it when the layer is sampled again.
+
+`sampling=weighted`: importance from measured updates. The paper motivates LISA by the layerwise weight norms
+of LoRA and full fine-tuning (Sec. 3.1, Fig. 1-2: how much each layer's weights move is strongly skewed across
+layers) and turns them into sampling probabilities (Sec. 3.2); its released code (LMFlow's
+DynamicLayerActivationCallback) only ever samples uniformly. tuneforge measures the movement on the run itself:
+
+    r_l = ||W_l(end of period) - W_l(start)||_F / ||W_l(start)||_F      (over the layer's weight matrices)
+    w_l <- decay * w_l + (1 - decay) * r_l                             (first measurement: w_l = r_l)
+
+for each layer active in the period that just ended (`peft.importance_decay`, default 0.5). Layers never
+measured weigh the mean of the measured ones (all layers weigh the same before any measurement, so the first
+period is uniform and unmeasured layers keep being explored); a layer is then drawn with inclusion probability
+exactly gamma * w_l / sum(w), capped at 1 (`sampler.py`). Departures, and why:
+- the paper's importance is a fixed profile read off LoRA/full runs (its Algorithm 1 ends up with a uniform
+  gamma / N_L for middle layers); here it is estimated online from this run's own periods, because a separate
+  LoRA or full run to read it from is what LISA exists to avoid;
+- relative (||dW|| / ||W||) rather than absolute norms, so layers of different scale compare; net movement
+  over a period rather than summed per-step updates, since Adam makes per-step updates roughly lr per
+  coordinate in every layer and only the net movement carries the signal;
+- resume: the estimate and the measurement of the period under way (norms so far, steps) are saved in the
+  method's state (`state_dict`, JSON), not the start-of-period snapshot itself. A resume at a period boundary
+  therefore continues exactly; in the middle of a period, the resumed run re-takes the snapshot and adds the
+  two parts' norms (exact if the layer moved in one direction, else an upper bound), so that one period's
+  measurement, and the draws after it, may differ from the uninterrupted run's.
+- the snapshot is a CPU fp32 copy of the active layers' matrices (their local ZeRO-3 partitions): host memory
+  of gamma layers, nothing on the accelerator.
 """
 
 from __future__ import annotations
@@ -46,6 +72,10 @@ class Lisa(TuningMethod):
         self.period = 0
         self.ever: set[int] = set()  # layers trained at some point: their weights differ from the base model
         self.stash: dict[str, dict] = {}  # inactive_state=offload: optimizer state of inactive layers (CPU)
+        self.importance: list[float | None] = []  # sampling=weighted: running estimate per layer (None: unmeasured)
+        self.snapshot: dict[int, list] = {}  # sampling=weighted: active layers' local weight matrices at period start
+        self.snap_step = self.seen_step = 0
+        self.pending: dict | None = None  # a measurement in progress, carried through a checkpoint
 
     @staticmethod
     def check_model(spec: LisaSpec, config) -> list[str]:
@@ -80,6 +110,7 @@ class Lisa(TuningMethod):
             else:
                 kinds["embed" if id(p) in embed_ids else "head" if id(p) in head_ids else "norm"].append(n)
         self.always = [n for k in ("embed", "head", "norm") if getattr(s, k) == "train" for n in kinds[k]]
+        self.importance = [None] * len(layers)
         self.active = self._sample(0)
         self._set_trainable()
         return model
@@ -102,25 +133,68 @@ class Lisa(TuningMethod):
 
     # ------------------------------------------------------------------ sampling
     def layer_weights(self) -> list[float]:
-        """w_l = mean over the layer's weight matrices of ||W||_F / sqrt(numel) (ZeRO-3 shards are summed)."""
+        """Sampling weights: the running estimate of each layer's relative update norm; unmeasured layers weigh
+        the mean of the measured ones (all 1.0 before any measurement)."""
+        known = [w for w in self.importance if w is not None]
+        prior = sum(known) / len(known) if known else 1.0
+        return [prior if w is None else w for w in self.importance]
+
+    def _matrices(self, layer: int) -> list:
+        """The layer's weight matrices as this rank holds them (its ZeRO-3 partition, or the full tensor)."""
         params = dict(self.model.named_parameters())
-        sq, numel, owner = [], [], []
-        for i, names in enumerate(self.layer_names):
-            for n in names:
-                p = params[n]
-                shape = getattr(p, "ds_shape", p.shape)
-                if len(shape) < 2:
-                    continue
-                local = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
-                sq.append(local.detach().float().pow(2).sum().item())
-                numel.append(math.prod(shape))
-                owner.append(i)
-        if any(hasattr(params[n], "ds_tensor") for names in self.layer_names for n in names):
-            sq = dist.all_sum(sq)
-        per_layer: list[list[float]] = [[] for _ in self.layer_names]
-        for s_, k, i in zip(sq, numel, owner):
-            per_layer[i].append(math.sqrt(s_ / k))
-        return [sum(v) / len(v) if v else 0.0 for v in per_layer]
+        out = []
+        for n in self.layer_names[layer]:
+            p = params[n]
+            if len(getattr(p, "ds_shape", p.shape)) >= 2:
+                out.append(p.ds_tensor if hasattr(p, "ds_tensor") else p.data)
+        return out
+
+    def _sharded(self) -> bool:
+        return any(hasattr(p, "ds_tensor") for p in self.model.parameters())
+
+    def take_snapshot(self, step: int) -> None:
+        """Copy (to CPU) the active layers' weight matrices: the start of this period's measurement."""
+        self.snapshot = {i: [t.detach().float().cpu().clone() for t in self._matrices(i)] for i in self.active}
+        self.snap_step, self.seen_step = step, step - 1
+
+    def update_norms(self) -> dict[int, float]:
+        """r_l = ||W_l - W_l(snapshot)||_F / ||W_l(snapshot)||_F for each snapshotted layer (ZeRO-3: shards summed)."""
+        layers = sorted(self.snapshot)
+        sums = []
+        for i in layers:
+            d2 = n2 = 0.0
+            for now, start in zip(self._matrices(i), self.snapshot[i]):
+                d2 += (now.detach().float().cpu() - start).pow(2).sum().item()
+                n2 += start.pow(2).sum().item()
+            sums += [d2, n2]
+        if self._sharded():
+            sums = dist.all_sum(sums)
+        return {i: math.sqrt(sums[2 * k]) / math.sqrt(sums[2 * k + 1]) if sums[2 * k + 1] > 0 else 0.0
+                for k, i in enumerate(layers)}
+
+    def progress(self, step: int) -> tuple[dict[int, float], int]:
+        """This period's measurement so far: relative update norm per active layer, and the steps it covers (a
+        part measured before a resume is carried in `pending` and added: exact when the resume was at the
+        period's end, an upper bound (norms add) in its middle)."""
+        pend = self.pending or {"norms": {}, "steps": 0}
+        now = self.update_norms() if self.snapshot else {}
+        norms = {int(i): v for i, v in pend["norms"].items()}
+        for i, v in now.items():
+            norms[i] = norms.get(i, 0.0) + v
+        return norms, int(pend["steps"]) + max(step - self.snap_step, 0)
+
+    def measure(self, step: int) -> dict[int, float]:
+        """Fold the period's measured relative update norms into the running estimate (EMA)."""
+        norms, steps = self.progress(step)
+        self.snapshot, self.pending = {}, None
+        if steps <= 0:
+            return {}
+        scale = self.spec.period / steps  # a period cut short (a run that is not a multiple of it), scaled to one
+        d = self.spec.importance_decay
+        for i, v in norms.items():
+            old = self.importance[i]
+            self.importance[i] = v * scale if old is None else d * old + (1 - d) * v * scale
+        return norms
 
     def _sample(self, period: int) -> list[int]:
         weights = self.layer_weights() if self.spec.sampling == "weighted" else None
@@ -128,16 +202,31 @@ class Lisa(TuningMethod):
         return dist.broadcast_object(chosen)
 
     # ------------------------------------------------------------------ training
+    def on_train_start(self, ctx) -> None:
+        if self.spec.sampling == "weighted":
+            self.take_snapshot(ctx.step)
+
     def on_step_start(self, ctx) -> None:
+        self.seen_step = ctx.step
         period = ctx.step // self.spec.period
         if period == self.period:
             return
         self.period = period
+        row = {"step": ctx.step}
+        if self.spec.sampling == "weighted":
+            measured = self.measure(ctx.step)
+            row["lisa_update_norm"] = {str(i): v for i, v in measured.items()}
+            row["lisa_importance"] = self.layer_weights()
         new = self._sample(period)
-        if new != self.active:
+        if new != self.active and ctx.engine is None:  # outside a run: the trainable set only
+            self.active = new
+            self._set_trainable()
+        elif new != self.active:
             self.switch(new, ctx.engine)
             ctx.log(f"lisa: step {ctx.step}: layers {new} (state {self.state_numel(ctx.engine):,} elements)")
-        ctx.metrics({"step": ctx.step, "lisa_active": new})
+        if self.spec.sampling == "weighted":
+            self.take_snapshot(ctx.step)
+        ctx.metrics({**row, "lisa_active": new})
 
     def switch(self, new: list[int], engine) -> None:
         """Rebuild the engine around the new active set, carrying the state of what stays active."""
@@ -167,12 +256,19 @@ class Lisa(TuningMethod):
         return int(dist.all_sum([engine.held_numel()])[0])
 
     def state_dict(self) -> dict:
-        return {"active": list(self.active), "period": self.period, "ever": sorted(self.ever)}
+        state = {"active": list(self.active), "period": self.period, "ever": sorted(self.ever)}
+        if self.spec.sampling == "weighted":  # the estimate, and the measurement of the period under way
+            norms, steps = self.progress(self.seen_step + 1)  # called after step seen_step, before the next
+            state.update(importance=list(self.importance), pending={"norms": {str(i): v for i, v in norms.items()},
+                                                                     "steps": steps})
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
         self.active, self.period, self.ever = list(state["active"]), int(state["period"]), set(state["ever"])
+        if state.get("importance") is not None:
+            self.importance, self.pending = list(state["importance"]), state.get("pending")
         self._set_trainable()
 
 

@@ -12,7 +12,10 @@ class LisaSpec(Spec):
     name: str = knob("lisa", "Layerwise Importance Sampled AdamW (arXiv 2403.17919)")
     gamma: int = knob(2, "middle (decoder) layers trained at a time")
     period: int = knob(20, "K: optimizer steps between resamples of the active layers")
-    sampling: str = knob("uniform", "uniform (the released code) or weighted (p ~ layer weight norm, see docs)")
+    sampling: str = knob("uniform", "uniform (the released code) or weighted: inclusion probability proportional to "
+                                    "each layer's measured relative update norm ||dW||/||W|| (running estimate; docs/lisa.md)")
+    importance_decay: float = knob(0.5, "sampling=weighted: weight of the previous estimate when a layer's update norm "
+                                        "is measured again (0: keep only the latest period)")
     embed: str = knob("train", "input embeddings: train (always active) or freeze")
     head: str = knob("train", "LM head: train (always active) or freeze; tied to embed in many small models")
     norm: str = knob("train", "final norm and any other parameter outside the layers: train or freeze")
@@ -24,6 +27,8 @@ class LisaSpec(Spec):
 
     def problems(self):
         out = positive(self, "gamma", "period") + one_of(self, "sampling", ("uniform", "weighted"))
+        if not 0 <= self.importance_decay < 1:
+            out.append(f"importance_decay={self.importance_decay} must be in [0, 1)")
         for k in ("embed", "head", "norm"):
             out += one_of(self, k, POLICY)
         return out + one_of(self, "inactive_state", ("free", "offload"))
