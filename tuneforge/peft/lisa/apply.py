@@ -20,8 +20,8 @@ of LoRA and full fine-tuning (Sec. 3.1, Fig. 1-2: how much each layer's weights 
 layers) and turns them into sampling probabilities (Sec. 3.2); its released code (LMFlow's
 DynamicLayerActivationCallback) only ever samples uniformly. tuneforge measures the movement on the run itself:
 
-    r_l = ||W_l(end of period) - W_l(start)||_F / ||W_l(start)||_F      (over the layer's weight matrices)
-    w_l <- decay * w_l + (1 - decay) * r_l                             (first measurement: w_l = r_l)
+    r_l = ||W_l(end of period) - W_l(start)||_F / (||W_l(start)||_F * sum of the period's learning rates)
+    w_l <- decay * w_l + (1 - decay) * r_l                 (over the layer's weight matrices; first: w_l = r_l)
 
 for each layer active in the period that just ended (`peft.importance_decay`, default 0.5). Layers never
 measured weigh the mean of the measured ones (all layers weigh the same before any measurement, so the first
@@ -32,8 +32,11 @@ exactly gamma * w_l / sum(w), capped at 1 (`sampler.py`). Departures, and why:
   LoRA or full run to read it from is what LISA exists to avoid;
 - relative (||dW|| / ||W||) rather than absolute norms, so layers of different scale compare; net movement
   over a period rather than summed per-step updates, since Adam makes per-step updates roughly lr per
-  coordinate in every layer and only the net movement carries the signal;
-- resume: the estimate and the measurement of the period under way (norms so far, steps) are saved in the
+  coordinate in every layer and only the net movement carries the signal; per unit learning rate, because
+  layers measured in different periods must compare across the schedule (measured on SmolLM2 without this
+  division, r_l followed the warm-up/cosine schedule, 3e-5..1e-3, while the two layers of one period agreed
+  within 10%);
+- resume: the estimate and the measurement of the period under way (norms so far, summed learning rates) are saved in the
   method's state (`state_dict`, JSON), not the start-of-period snapshot itself. A resume at a period boundary
   therefore continues exactly; in the middle of a period, the resumed run re-takes the snapshot and adds the
   two parts' norms (exact if the layer moved in one direction, else an upper bound), so that one period's
@@ -74,7 +77,7 @@ class Lisa(TuningMethod):
         self.stash: dict[str, dict] = {}  # inactive_state=offload: optimizer state of inactive layers (CPU)
         self.importance: list[float | None] = []  # sampling=weighted: running estimate per layer (None: unmeasured)
         self.snapshot: dict[int, list] = {}  # sampling=weighted: active layers' local weight matrices at period start
-        self.snap_step = self.seen_step = 0
+        self.lr_sum = 0.0  # sampling=weighted: learning rates of the steps since the snapshot
         self.pending: dict | None = None  # a measurement in progress, carried through a checkpoint
 
     @staticmethod
@@ -155,7 +158,7 @@ class Lisa(TuningMethod):
     def take_snapshot(self, step: int) -> None:
         """Copy (to CPU) the active layers' weight matrices: the start of this period's measurement."""
         self.snapshot = {i: [t.detach().float().cpu().clone() for t in self._matrices(i)] for i in self.active}
-        self.snap_step, self.seen_step = step, step - 1
+        self.lr_sum = 0.0
 
     def update_norms(self) -> dict[int, float]:
         """r_l = ||W_l - W_l(snapshot)||_F / ||W_l(snapshot)||_F for each snapshotted layer (ZeRO-3: shards summed)."""
@@ -172,29 +175,30 @@ class Lisa(TuningMethod):
         return {i: math.sqrt(sums[2 * k]) / math.sqrt(sums[2 * k + 1]) if sums[2 * k + 1] > 0 else 0.0
                 for k, i in enumerate(layers)}
 
-    def progress(self, step: int) -> tuple[dict[int, float], int]:
-        """This period's measurement so far: relative update norm per active layer, and the steps it covers (a
-        part measured before a resume is carried in `pending` and added: exact when the resume was at the
-        period's end, an upper bound (norms add) in its middle)."""
-        pend = self.pending or {"norms": {}, "steps": 0}
+    def progress(self) -> tuple[dict[int, float], float]:
+        """This period's measurement so far: relative update norm per active layer, and the sum of the learning
+        rates of the steps it covers (a part measured before a resume is carried in `pending` and added: exact
+        when the resume was at the period's end, an upper bound (norms add) in its middle)."""
+        pend = self.pending or {"norms": {}, "lr_sum": 0.0}
         now = self.update_norms() if self.snapshot else {}
         norms = {int(i): v for i, v in pend["norms"].items()}
         for i, v in now.items():
             norms[i] = norms.get(i, 0.0) + v
-        return norms, int(pend["steps"]) + max(step - self.snap_step, 0)
+        return norms, float(pend["lr_sum"]) + self.lr_sum
 
-    def measure(self, step: int) -> dict[int, float]:
-        """Fold the period's measured relative update norms into the running estimate (EMA)."""
-        norms, steps = self.progress(step)
+    def measure(self) -> dict[int, float]:
+        """Fold the period's relative update norms per unit learning rate, r_l / sum(lr), into the running
+        estimate (EMA); returns them."""
+        norms, lr_sum = self.progress()
         self.snapshot, self.pending = {}, None
-        if steps <= 0:
+        if lr_sum <= 0:
             return {}
-        scale = self.spec.period / steps  # a period cut short (a run that is not a multiple of it), scaled to one
         d = self.spec.importance_decay
-        for i, v in norms.items():
+        r = {i: v / lr_sum for i, v in norms.items()}
+        for i, v in r.items():
             old = self.importance[i]
-            self.importance[i] = v * scale if old is None else d * old + (1 - d) * v * scale
-        return norms
+            self.importance[i] = v if old is None else d * old + (1 - d) * v
+        return r
 
     def _sample(self, period: int) -> list[int]:
         weights = self.layer_weights() if self.spec.sampling == "weighted" else None
@@ -207,14 +211,14 @@ class Lisa(TuningMethod):
             self.take_snapshot(ctx.step)
 
     def on_step_start(self, ctx) -> None:
-        self.seen_step = ctx.step
         period = ctx.step // self.spec.period
         if period == self.period:
+            self.count_lr(ctx)
             return
         self.period = period
         row = {"step": ctx.step}
         if self.spec.sampling == "weighted":
-            measured = self.measure(ctx.step)
+            measured = self.measure()
             row["lisa_update_norm"] = {str(i): v for i, v in measured.items()}
             row["lisa_importance"] = self.layer_weights()
         new = self._sample(period)
@@ -226,7 +230,13 @@ class Lisa(TuningMethod):
             ctx.log(f"lisa: step {ctx.step}: layers {new} (state {self.state_numel(ctx.engine):,} elements)")
         if self.spec.sampling == "weighted":
             self.take_snapshot(ctx.step)
+            self.count_lr(ctx)
         ctx.metrics({**row, "lisa_active": new})
+
+    def count_lr(self, ctx) -> None:
+        """Add the learning rate of the step about to run (1.0 per step outside a run)."""
+        if self.spec.sampling == "weighted":
+            self.lr_sum += float(ctx.engine.lr) if ctx.engine is not None else 1.0
 
     def switch(self, new: list[int], engine) -> None:
         """Rebuild the engine around the new active set, carrying the state of what stays active."""
@@ -258,9 +268,9 @@ class Lisa(TuningMethod):
     def state_dict(self) -> dict:
         state = {"active": list(self.active), "period": self.period, "ever": sorted(self.ever)}
         if self.spec.sampling == "weighted":  # the estimate, and the measurement of the period under way
-            norms, steps = self.progress(self.seen_step + 1)  # called after step seen_step, before the next
+            norms, lr_sum = self.progress()  # called between two steps
             state.update(importance=list(self.importance), pending={"norms": {str(i): v for i, v in norms.items()},
-                                                                     "steps": steps})
+                                                                     "lr_sum": lr_sum})
         return state
 
     def load_state_dict(self, state: dict) -> None:
