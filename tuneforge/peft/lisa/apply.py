@@ -136,8 +136,8 @@ class Lisa(TuningMethod):
 
     # ------------------------------------------------------------------ sampling
     def layer_weights(self) -> list[float]:
-        """Sampling weights: the running estimate of each layer's relative update norm; unmeasured layers weigh
-        the mean of the measured ones (all 1.0 before any measurement)."""
+        """Sampling weights: the running estimate of each layer's relative update norm per unit learning rate;
+        unmeasured layers weigh the mean of the measured ones (all 1.0 before any measurement)."""
         known = [w for w in self.importance if w is not None]
         prior = sum(known) / len(known) if known else 1.0
         return [prior if w is None else w for w in self.importance]
