@@ -84,3 +84,54 @@ def test_ranks_restored_from_state(tmp_path):
     assert resumed.state_dict()["blocks"] == state["blocks"] and resumed.state_dict()["norms"] == state["norms"]
     assert all(int(m.mask.sum()) == state["ranks"][n] and m.mask[: state["ranks"][n]].all()
                for n, m in resumed.modules.items())
+
+
+def test_grown_ranks_train_and_growth_keeps_the_function():
+    """Growth 2 -> 4 -> 6 -> 8 on a real layer fitting a full-rank target: at each growth the output is unchanged,
+    and within a few steps the new block trains (B[:, new] and C[new, :] non-zero) and the numerical rank of
+    Delta W = s B C A (C = tril(L) + triu(U, 1), computed here from the parameters) exceeds the previous rank.
+    (With the new block at zero everywhere, B[:, new] and C[new, :] sit at an exact saddle and stay 0.)"""
+    from tuneforge.peft.triadaptlora.apply import TriAdaptLora
+    from tuneforge.peft.triadaptlora.layer import TriAdaptLinear
+    from tuneforge.peft.triadaptlora.spec import TriAdaptLoraSpec
+
+    torch.manual_seed(0)
+    n_in, n_out, r0, rmax, alpha = 16, 12, 2, 8, 4.0
+    layer = TriAdaptLinear(torch.nn.Linear(n_in, n_out), r0, rmax, alpha, torch.Generator().manual_seed(1))
+    method = TriAdaptLora(TriAdaptLoraSpec(r_init=r0, reference_rank=rmax, r_max=rmax, grow_by=2, warmup=10**6))
+    x = torch.randn(64, n_in)
+    y = layer.base(x) + x @ torch.randn(n_out, n_in).T  # a full-rank change to learn
+    params = [layer.lora_A, layer.lora_B, layer.lora_L, layer.lora_U]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+
+    def delta_w():  # s B C A from the raw parameters (entries beyond the rank are zero in B / C)
+        a, b, lo, up = (p.detach().double() for p in params)
+        return (alpha / r0) * b @ (torch.tril(lo) + torch.triu(up, 1)) @ a
+
+    def num_rank(w):
+        sv = torch.linalg.svdvals(w)
+        return int((sv > 1e-6 * sv[0]).sum()) if sv[0] > 0 else 0
+
+    def train(steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(layer(x), y).backward()
+            opt.step()
+
+    train(5)
+    prev = num_rank(delta_w())
+    assert prev == r0
+    for r1 in (4, 6, 8):
+        new = slice(r1 - 2, r1)
+        with torch.no_grad():
+            out_before, dw_before = layer(x), delta_w()
+        method.grow(layer, None)
+        with torch.no_grad():
+            assert torch.equal(layer(x), out_before) and torch.equal(delta_w(), dw_before)  # same function
+        train(5)
+        core = torch.tril(layer.lora_L) + torch.triu(layer.lora_U, 1)
+        assert layer.lora_B[:, new].abs().min() > 0 and core[new, :r1].abs().max() > 0
+        rank = num_rank(delta_w())
+        assert rank > prev, f"rank of Delta W stayed {rank} after growing to {r1}"
+        prev = rank
+    assert prev == rmax

@@ -3,7 +3,8 @@ this is tuneforge's own code, written from the paper and the authors' released c
 
 - Triangular split: Delta W = s B C A with a trainable r x r core C = L + U, L lower triangular (with the
   diagonal) and U strictly upper triangular. Growing the rank r -> r + g adds g rows of A, g columns of B, g rows
-  to L and g columns to U (all zero except the new rows of A, LoRA-initialised, so the function is unchanged).
+  to L and g columns to U (B's and U's new columns zero, L's new diagonal 1, A's new rows LoRA-initialised: the
+  function is unchanged).
 - Importance (normalized Frobenius norm): n_l = ||C_l||_F / b_l, b_l = 1 + the module's growth events; the score
   of a decision is its increase since the previous decision, I_l = n_l(t) - n_l(t_prev), as in the released code.
 - Adaptive rank growth with a dynamic threshold: every grow_every steps after warmup, while the total rank is
@@ -15,7 +16,11 @@ Deviations, for a fixed-shape optimizer (one engine for the whole run, ZeRO 0-2)
 r_max with a rank mask (masked entries are detached: no gradient, zero Adam moments; at growth the new rows'
 moments are zeroed explicitly through tuneforge.distributed.optim_state); the scale s = alpha / r_init is fixed
 (the released code divides by the current rank, which changes the function at every growth); the initial core is
-the identity (the released snapshot's all-zero start gives every adapter parameter a zero gradient).
+the identity, at init and on every grown block (the released code starts the core and every grown block at zero:
+an exact saddle, since dL/dB[:, new] is proportional to C[new, :] A x = 0 and dL/dC[new, :] to B[:, new] = 0, so
+its grown ranks -- and, with a zero initial core, every adapter parameter -- get no gradient); a grown block's
+moments are zeroed but it shares its tensor's Adam step count (the released code gives it a new parameter group,
+so a fresh bias correction: per-row step counts are still to do).
 Ranks are printed at each growth and saved in the method state (checkpoints; restored on resume).
 """
 
@@ -81,13 +86,15 @@ class TriAdaptLora(TuningMethod):
                 + " ".join(f"{n.removeprefix('model.layers.')}={r}" for n, r in ranks.items()))
 
     def grow(self, m: TriAdaptLinear, engine) -> None:
-        """Unmask the next grow_by ranks; their B columns, L rows and U columns start at zero, and the Adam moments
-        of every new row/column are zeroed (the rest of the state is untouched)."""
+        """Unmask the next grow_by ranks: their B and U columns start at zero and their L rows at the identity (1 on
+        the new diagonal), so the function is unchanged (B[:, new] = 0) while B's new columns get a gradient
+        (s (C A x)[new] != 0). The Adam moments of every new row/column are zeroed (the rest is untouched)."""
         r0 = m.rank
         r1 = min(r0 + self.spec.grow_by, self.spec.r_max)
         new = list(range(r0, r1))
         b, lo, up = (p.detach().clone() for p in (m.lora_B, m.lora_L, m.lora_U))
         b[:, new], lo[new], up[:, new] = 0, 0, 0
+        lo[new, new] = 1  # the new core diagonal starts at the identity: no saddle (see the module docstring)
         m.set_rank(r1)
         m.blocks += 1
         write(engine, m.lora_A, m.lora_A.detach().clone(), row_index(0, new))
