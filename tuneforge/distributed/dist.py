@@ -18,6 +18,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_PRIVATE: dict[str, str] = {}  # the rendezvous variables init() set for a single in-process rank
+
+
 def init(device_type: str, timeout_s: int = 600) -> None:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA); a single in-process rank
     gets a private port so parallel runs never collide."""
@@ -26,9 +29,9 @@ def init(device_type: str, timeout_s: int = 600) -> None:
 
     if td.is_initialized():
         return
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+    if "RANK" not in os.environ:  # taken back by shutdown(): child processes never inherit this rank's address
+        _PRIVATE.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        os.environ.update(_PRIVATE)
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints op-build chatter here
         deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo", verbose=False,
                                    timeout=datetime.timedelta(seconds=timeout_s))
@@ -73,3 +76,6 @@ def shutdown() -> None:
         import deepspeed.comm
 
         deepspeed.comm.destroy_process_group()
+    for key in _PRIVATE:
+        os.environ.pop(key, None)
+    _PRIVATE.clear()
