@@ -106,8 +106,7 @@ class Runner:
 
     def setup(self) -> None:
         self.device = pick_device(self.t.device)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        torch.set_num_threads(self.t.threads or max(1, (os.cpu_count() or 1) // max(1, world // self.run_spec.nodes)))
+        torch.set_num_threads(self.t.threads or max(1, (os.cpu_count() or 1) // self.run_spec.ranks_per_node))
         dist.init(self.device, self.t.dist_timeout_s)
         if dist.world() != self.run_spec.world_size:
             raise InputError([f"{dist.world()} ranks joined, but the run is for {self.run_spec.world_size} "
