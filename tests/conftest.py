@@ -22,6 +22,42 @@ def tuneforge(*args: str, cwd: Path, env: dict | None = None, timeout: int = 900
                           timeout=timeout, env=full_env)
 
 
+def train_here(*args: str, out: Path) -> Path:
+    """`tuneforge train *args` into run directory `out`, in this process (`tuneforge.cli.main`): a 1-rank run
+    without an interpreter's start-up (a run of more ranks still launches its ranks). Returns `out`."""
+    import torch
+
+    from tuneforge.cli import main
+
+    threads = torch.get_num_threads()  # the run pins its own; give the rest of the suite its threads back
+    try:
+        code = main(["train", *args, f"trainer.output_dir={out}"])
+    finally:
+        torch.set_num_threads(threads)
+    log = out / "train.log"
+    assert code == 0, f"exit {code}\n" + (log.read_text()[-4000:] if log.is_file() else "")
+    return out
+
+
+def check_export(run: Path):
+    """`tuneforge export` (in this process) of a finished run: the exported Hugging Face model reproduces the logits
+    the run recorded on its probe batch. Returns (model, probe)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.cli import main
+
+    assert main(["export", f"run_dir={run}"]) == 0
+    probe = load_file(str(run / "final" / "probe.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+    assert (run / "export" / "tokenizer.json").is_file()
+    return model, probe
+
+
 def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
     m = re.search(r"^run dir: (.+)$", proc.stdout, flags=re.MULTILINE)
     assert m, f"no run dir in output:\n{proc.stdout}\n{proc.stderr}"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ok, summary, train_losses, tuneforge
+from tests.conftest import check_export, ok, summary, train_here, train_losses, tuneforge
 
 COMMON = ["recipe=quickstart_tiny", "data=jsonl", "data.eval_split=2", "trainer.max_steps=10",
           "trainer.eval_at_start=false", "optim.lr=1e-3", "optim.eps=1e-6"]
@@ -55,14 +55,18 @@ def data(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def run(data):
-    """run(name, *overrides) -> run directory; each distinct run happens once per module."""
+    """run(name, *overrides) -> run directory; each distinct run happens once per module (1 rank: in this process)."""
     workdir, path = data
     done = {}
 
     def get(name: str, *overrides: str):
         if name not in done:
             out = workdir / name.replace(" ", "_")
-            ok(tuneforge("train", *COMMON, f"data.path={path}", *overrides, f"trainer.output_dir={out}", cwd=workdir))
+            if "trainer.nproc=1" in overrides:
+                train_here(*COMMON, f"data.path={path}", *overrides, out=out)
+            else:
+                ok(tuneforge("train", *COMMON, f"data.path={path}", *overrides, f"trainer.output_dir={out}",
+                             cwd=workdir))
             done[name] = out
         return done[name]
 
@@ -88,6 +92,12 @@ def test_split_trains_like_one_big_batch(run, method, split):
     got = run(f"{method} {split}", *METHODS[method], *SPLITS[split])
     assert summary(got)["world_size"] == (2 if "ranks" in split else 1)
     assert_same_training(got, ref)
+
+
+def test_zero3_run_exports_the_gathered_weights(run):
+    """Export reads the trained weights gathered from the ZeRO-3 partitions of 2 ranks."""
+    check_export(run("full micro 1 x accum 2 x 2 ranks zero3", *METHODS["full"],
+                     *SPLITS["micro 1 x accum 2 x 2 ranks zero3"]))
 
 
 def test_packed_split_trains_like_one_big_batch(run):
