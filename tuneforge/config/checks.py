@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import os
 
+from tuneforge.hardware import cpu_flags, fast_bf16
+
 ZERO2 = "use zero=zero2 (or zero2_offload)"
 
 
@@ -48,7 +50,8 @@ def _cuda_available() -> bool:
         return False
 
 
-def _device(specs) -> str:
+def run_device(specs) -> str:
+    """The device a run of these specs trains on: cuda or cpu."""
     want = specs["trainer"].device
     return "cuda" if want == "cuda" or (want == "auto" and _cuda_available()) else "cpu"
 
@@ -60,7 +63,7 @@ def _or(*fixes: str) -> str:
 def cross_axis_problems(specs: dict) -> list[str]:
     out = []
     p, z, o = specs["precision"], specs["zero"], specs["optim"]
-    if _device(specs) == "cpu" and "fp16" in (p.params, p.compute):
+    if run_device(specs) == "cpu" and "fp16" in (p.params, p.compute):
         out.append(f"precision={p.name} needs a CUDA device: DeepSpeed's CPU engine has no fp16 path; "
                    "use precision=bf16 or precision=fp32 on CPU")
     if z.offload_optimizer != "none" and o.caps.client_optimizer:
@@ -136,18 +139,11 @@ def _optimizer_state_problems(specs: dict) -> list[str]:
     return out
 
 
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return True  # unknown platform: do not warn
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def cross_axis_warnings(specs: dict) -> list[str]:
     out = []
     p, m = specs["precision"], specs["peft"]
-    if _device(specs) == "cpu" and "bf16" in (p.compute, p.params) and not cpu_has_fast_bf16():
+    if run_device(specs) == "cpu" and "bf16" in (p.compute, p.params) and cpu_flags() is not None \
+            and not fast_bf16("cpu")[0]:
         out.append(f"precision={p.name} on a CPU without AMX/AVX512-BF16: bf16 matmuls are emulated and can be "
                    "~100x slower than fp32 here; precision=fp32 is faster on this machine")
     if m.caps.backbone_without_autograd and specs["model"].gradient_checkpointing:

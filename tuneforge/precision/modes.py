@@ -6,6 +6,10 @@ client optimizer handed to DeepSpeed; by default the `optim` group's own, None w
 its config). A mode that compresses optimizer states (COAT) returns its own optimizer here. Modes are also
 in-training hooks (`tuneforge.hooks`), e.g. for scale bookkeeping.
 
+- auto (the default): bf16 autocast where the hardware is fast at it (tuneforge/hardware.py), else fp32. The
+  launching process decides once, before it writes the run directory (`resolve`): `compute` becomes the chosen
+  dtype and `chosen` says why, so every rank, every resume and every offline command (`eval`, `export`) reads the
+  same decision from the run's config.yaml, and the run's first line prints it.
 - fp32: everything in fp32 (the reference).
 - bf16: autocast to bf16 for matmuls, fp32 weights, gradients and optimizer (works on CPU; fast only where the
   CPU has AMX/AVX512-BF16 or on GPUs). Set precision.params=bf16 to also store weights in bf16 (DeepSpeed
@@ -28,18 +32,33 @@ DTYPES = ("fp32", "bf16", "fp16")
 @dataclass
 class PrecisionSpec(Spec):
     name: str = knob("fp32", "precision preset")
-    compute: str = knob("fp32", "dtype of matmuls in forward/backward (autocast): fp32, bf16, fp16")
+    compute: str = knob("fp32", "dtype of matmuls in forward/backward (autocast): fp32, bf16, fp16, or auto "
+                        "(bf16 where the hardware is fast at it, else fp32; decided when the run starts)")
     params: str = knob("fp32", "dtype weights are stored in; bf16/fp16 keep fp32 master copies in the optimizer")
     loss_scale: float = knob(0.0, "fp16 only: static loss scale, 0 for dynamic")
     initial_scale_power: int = knob(16, "fp16 only: dynamic loss scale starts at 2**this")
+    chosen: str = knob("", "written by the run when compute=auto: what it chose and why (not an input)")
 
     def problems(self):
-        out = one_of(self, "compute", DTYPES) + one_of(self, "params", DTYPES)
+        out = one_of(self, "compute", (*DTYPES, "auto")) + one_of(self, "params", DTYPES)
         if self.params == "fp16" and self.compute != "fp16":
             out.append("params=fp16 needs compute=fp16")
         return out
 
 
+def resolve(spec: PrecisionSpec, device: str) -> str | None:
+    """compute=auto -> the dtype `device` is fast at; returns what was chosen and why (None: not auto)."""
+    if spec.compute != "auto":
+        return None
+    from tuneforge.hardware import fast_bf16
+
+    fast, why = fast_bf16(device)
+    spec.compute = "bf16" if fast else "fp32"
+    spec.chosen = f"{spec.compute} (auto: {why})"
+    return spec.chosen
+
+
+@register("precision", "auto", config=PrecisionSpec)
 @register("precision", "fp32", config=PrecisionSpec)
 @register("precision", "bf16", config=PrecisionSpec)
 @register("precision", "fp16", config=PrecisionSpec)

@@ -41,6 +41,7 @@ from tuneforge.logging.console import Console, fmt_duration
 from tuneforge.logging.metrics import Metrics
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, count, trainable
+from tuneforge.precision.modes import resolve
 from tuneforge.runner import checkpoint, evaluate, faults
 from tuneforge.runner.engine import Engine
 from tuneforge.runner.model import build as build_lm
@@ -119,10 +120,12 @@ class Runner:
         logger = self.specs["logger"]
         self.console = Console(self.run_dir, main=dist.is_main(), progress=logger.progress)
         self.metrics = Metrics(self.run_dir, enabled=dist.is_main(), tensorboard=logger.tensorboard)
+        resolve(self.specs["precision"], self.device)  # precision=auto, when no run directory was prepared for it
         self.precision = registry.build("precision", self.specs["precision"])
         self.autocast = lambda: self.precision.autocast(self.device)
+        p = self.specs["precision"]
         self.console.print(f"[bold]tuneforge[/] recipe={self.cfg.recipe} ranks={dist.world()} device={self.device} "
-                           f"run_dir={self.run_dir}")
+                           f"precision={p.chosen or p.name} run_dir={self.run_dir}")
 
     def select_data(self) -> None:
         spec = self.specs["data"]

@@ -10,12 +10,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from tuneforge import registry
+from tuneforge.config.checks import run_device
 from tuneforge.config.run import Run
 from tuneforge.distributed.ds_config import run_ds_config
 from tuneforge.errors import InputError
 from tuneforge.logging import secrets
 from tuneforge.models.load import peek_config
 from tuneforge.models.load import preflight as model_preflight
+from tuneforge.precision.modes import resolve
 
 
 def preflight(run: Run) -> None:
@@ -53,6 +55,8 @@ def prepare_run_dir(run: Run, run_dir: Path | None = None) -> Path:
                           "or continue it with trainer.resume=auto"])
     run_dir.mkdir(parents=True, exist_ok=True)
     run.set_run_dir(run_dir)
+    if chosen := resolve(run.specs["precision"], run_device(run.specs)):  # precision=auto: decided once, here
+        run.cfg.precision.compute, run.cfg.precision.chosen = run.specs["precision"].compute, chosen
     secrets.absorb(run.cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run.cfg))
     (run_dir / "ds_config.json").write_text(json.dumps(run_ds_config(run), indent=2))
