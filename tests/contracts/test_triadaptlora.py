@@ -1,10 +1,14 @@
-"""TriAdaptLoRA's defining properties on a real DeepSpeed engine (ZeRO-0, gloo on CPU):
+"""TriAdaptLoRA's defining properties on a real DeepSpeed engine (ZeRO-0 with bf16 weights and fp32 masters, gloo
+on CPU):
 
 - importance is the increase of the normalized Frobenius norm of the triangular core, ||tril(L)+triu(U,1)||_F / b;
 - at each decision exactly the k(t) most important modules grow (k = int(remaining budget x progress), >= 1),
   so the most important grow first and more follow as the run progresses; growth stops at the budget;
-- optimizer state stays consistent: the new rows' Adam moments are zero, every other element is unchanged;
-  rows/columns beyond a module's rank never move (B's columns, L's rows, U's columns stay exactly zero);
+- optimizer state stays consistent: the new rows' Adam state restarts (moments and per-element step counts
+  zero: a grown block takes fresh Adam steps, as the released code's new parameter group), every other element
+  is unchanged, and so is the fp32 master of every row but the new ones; every optimizer step is AdamW with each
+  element's own step count (tests.contracts.adapter_probe); rows/columns beyond a module's rank never move, even
+  with weight decay (B's columns, L's rows, U's columns stay exactly zero);
 - ranks are restored from the method state (resume).
 """
 
@@ -14,19 +18,20 @@ import math
 
 import torch
 
-from tests.contracts.adapter_probe import probe
+from tests.contracts.adapter_probe import check_adam_steps, probe
 from tests.contracts.test_peft_family import Row, make
 
-R0, REF, RMAX, STEPS = 1, 2, 3, 6
+R0, REF, RMAX, STEPS, WD = 1, 2, 3, 6, 0.1
 BASE = ["recipe=quickstart_tiny", "peft=triadaptlora", f"peft.r_init={R0}", f"peft.reference_rank={REF}",
         f"peft.r_max={RMAX}", "peft.grow_by=1", "peft.warmup=0", "peft.grow_every=1", f"trainer.max_steps={STEPS}",
         "trainer.micro_batch_size=2", "trainer.grad_accum=1", "trainer.eval_at_start=false", "data.n_eval=2",
-        "trainer.max_new_tokens=2", "optim.lr=1e-2"]
+        "trainer.max_new_tokens=2", "optim.lr=1e-2", f"optim.weight_decay={WD}", "precision=bf16",
+        "precision.params=bf16"]
 
 
 def core(rec, n, r, blocks):
     c = torch.tril(rec["before"][f"{n}.lora_L"]) + torch.triu(rec["before"][f"{n}.lora_U"], 1)
-    return c[:r, :r].norm().item() / blocks
+    return c[:r, :r].float().norm().item() / blocks
 
 
 def test_growth_follows_importance_and_state_stays_consistent(tmp_path):
@@ -55,15 +60,21 @@ def test_growth_follows_importance_and_state_stays_consistent(tmp_path):
                               ("lora_L", (new, slice(None))), ("lora_U", (slice(None), new))):
                 before, after = rec["state_before"][f"{n}.{name}"], rec["state_after"][f"{n}.{name}"]
                 shape = rec["before"][f"{n}.{name}"].shape
-                for key in ("exp_avg", "exp_avg_sq"):
+                keep = torch.ones(shape, dtype=torch.bool)
+                keep[idx] = False
+                for key in ("exp_avg", "exp_avg_sq", "element_step"):
                     x0, x1 = before[key].view(shape), after[key].view(shape)
-                    keep = torch.ones(shape, dtype=torch.bool)
-                    keep[idx] = False
                     assert not x1[idx].any() and torch.equal(x0[keep], x1[keep])
+                f0, f1 = before["fp32"].view(shape), after["fp32"].view(shape)  # only the new rows are written
+                assert torch.equal(f0[keep], f1[keep]) and torch.equal(f1.to(torch.bfloat16),
+                                                                       rec["after"][f"{n}.{name}"])
             ranks[n] += 1
             blocks[n] += 1
         assert rec["method"]["ranks"] == ranks
     assert decisions >= 2 and partial >= 1 and sum(ranks.values()) <= budget + len(ranks)
+    steps = check_adam_steps(records, wd=WD)
+    print(f"adam steps checked: {steps}")
+    assert steps["fresh"] > 0
     first, final = records[0]["before"], records[-1]["after"]
     for n, r in ranks.items():  # beyond the final rank nothing ever moved
         assert torch.equal(first[f"{n}.lora_A"][r:], final[f"{n}.lora_A"][r:])

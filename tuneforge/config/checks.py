@@ -17,6 +17,8 @@ Tuning methods (peft):
 - carries_optimizer_state (when): per-parameter optimizer state moves     8-bit states only at ZeRO-0 with fp32
   across engine rebuilds                                                  weights; no NVMe offload
 - writes_optimizer_rows: resets optimizer moments row by row              no 8-bit states; no NVMe offload
+- element_steps: Adam bias correction per element (restarted rows take   no optim option that builds its own
+  fresh steps; tuneforge's ElementStepAdamW replaces the optim option's)  optimizer (client_optimizer)
 - needs_tasks: trains on multi-task data                                  data.tasks must be set
 - backbone_without_autograd (why): the frozen model keeps no activations  warning: gradient checkpointing is moot
 Quantizers (quant): quantized_base (what the weights become, "4-bit") and trained_with (the method that trains
@@ -136,6 +138,9 @@ def _optimizer_state_problems(specs: dict) -> list[str]:
         if nvme:
             out.append(f"peft={m.name} cannot reset optimizer rows swapped to NVMe: use zero=zero2_offload (CPU) or "
                        "zero2")
+    if m.caps.element_steps and o.caps.client_optimizer and not (m.caps.writes_optimizer_rows and o.caps.eight_bit_states):
+        out.append(f"peft={m.name} needs an Adam step count per element (restarted rows take fresh Adam steps), "
+                   f"which optim={o.name} does not keep: {o.caps.fix or 'use an optimizer that DeepSpeed builds'}")
     return out
 
 

@@ -33,6 +33,7 @@ class Caps:
     needs_quantized_base: str = ""  # the quant option it needs, e.g. "quant=nf4"
     carries_optimizer_state: str = ""  # moves per-parameter optimizer state across engine rebuilds: when
     writes_optimizer_rows: bool = False  # resets optimizer moments row by row during training
+    element_steps: bool = False  # Adam keeps a step count per element, restarted with the rows (optim/element_step_adamw)
     needs_tasks: bool = False  # needs multi-task data (data.tasks)
     backbone_without_autograd: str = ""  # the frozen model runs without autograd (no activations kept)
     # quantization

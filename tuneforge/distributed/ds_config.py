@@ -29,6 +29,12 @@ def _zero_section(z) -> dict:
     return out
 
 
+def element_steps(specs: dict) -> bool:
+    """Whether the tuning method needs Adam step counts per element (its spec's caps): the optimizer is then
+    tuneforge's ElementStepAdamW, a client optimizer, and this config has no optimizer section."""
+    return "peft" in specs and specs["peft"].caps.element_steps
+
+
 def ds_config(specs: dict, world_size: int) -> dict:
     t, z, o = specs["trainer"], specs["zero"], specs["optim"]
     cfg = {
@@ -46,7 +52,8 @@ def ds_config(specs: dict, world_size: int) -> dict:
     if precision.owns_optimizer:  # e.g. COAT's compressed-state AdamW: a client optimizer DeepSpeed did not build
         cfg["zero_allow_untested_optimizer"] = True
     else:
-        cfg.update(registry.build("optim", o).ds_section(offloaded=z.offload_optimizer != "none"))
+        optim = registry.build("optim", o, element_steps=element_steps(specs))
+        cfg.update(optim.ds_section(offloaded=z.offload_optimizer != "none"))
     if z.offload_optimizer != "none" and "optimizer" not in cfg:
         cfg["zero_force_ds_cpu_optimizer"] = False
     return cfg

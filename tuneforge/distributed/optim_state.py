@@ -2,8 +2,9 @@
 
 Methods that change what is trained during a run (LISA switching layers; SwitchLoRA and TriAdaptLoRA resetting
 rows) read the full state of a parameter, rebuild the engine, and write the state back. The state of a
-parameter is its Adam moments (exp_avg, exp_avg_sq), its fp32 master copy where the engine keeps one, and the
-Adam step of its parameter group.
+parameter is its per-element optimizer states (every tensor the optimizer keeps in the parameter's shape: the
+Adam moments exp_avg and exp_avg_sq, and ElementStepAdamW's element_step), its fp32 master copy where the engine
+keeps one ('fp32'), and the Adam step of its parameter group ('step').
 
 Engines:
 - plain: ZeRO-0 with fp32 weights; the optimizer (torch AdamW, bitsandbytes 8-bit, ...) holds per-parameter
@@ -13,8 +14,10 @@ Engines:
 - zero12 / zero3 / bf16: ZeRO stages 1-2, stage 3, and DeepSpeed's bf16 engine at stage 0 keep flat fp32
   partitions; a parameter's full state is assembled and scattered with DeepSpeed's
   safe_get/set_full_fp32_param and safe_get/set_full_optimizer_state (collectives: every rank calls them, in
-  the same order). Adam states are created lazily by the first optimizer step; `materialize()` creates them
-  (zeros, step 0, exactly what AdamW's first step would) so a fresh engine can be written to before it steps.
+  the same order); DeepSpeed links every tensor of a flat partition's state that has the partition's shape to
+  per-parameter fragments, so any per-element key travels like the moments. Adam states are created lazily by
+  the first optimizer step; `materialize()` creates them (zeros, step 0, exactly what the optimizer's first step
+  would: its `fresh_state(flat)` where it has one) so a fresh engine can be written to before it steps.
 
 This module relies on DeepSpeed 0.19 internals (flat-partition attribute names); tests cover every stage.
 """
@@ -24,6 +27,13 @@ from __future__ import annotations
 import torch
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
+SCALARS = ("step", "fp32")  # the keys of a state that are not per-element optimizer states
+
+
+def elementwise(state: dict, numel: int) -> list[str]:
+    """The per-element optimizer states in `state` (a state taken by `get`, or an optimizer's own state of a
+    tensor of `numel` elements): moments, per-element step counts."""
+    return [k for k, v in state.items() if k not in SCALARS and torch.is_tensor(v) and v.numel() == numel]
 
 
 def kind(engine) -> str:
@@ -82,12 +92,18 @@ def materialize(engine) -> None:
         return
     opt = engine.optimizer
     inner = opt.optimizer
+    fresh = getattr(inner, "fresh_state", None)
     for flat in _flats(engine):
         if not inner.state[flat]:
-            inner.state[flat] = {"step": torch.tensor(0.0), **{m: torch.zeros_like(flat) for m in MOMENTS}}
+            inner.state[flat] = fresh(flat) if fresh else {"step": torch.tensor(0.0),
+                                                           **{m: torch.zeros_like(flat) for m in MOMENTS}}
     if hasattr(opt, "_hp_optimizer_states_linked"):
         opt._hp_optimizer_states_linked = False
         opt._lazy_init_hp_params_optimizer_state()
+
+
+def _numel(p) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # a ZeRO-3 parameter holds a partition; ds_numel is the whole
 
 
 def _step_of(state: dict) -> int:
@@ -108,13 +124,14 @@ def get(engine, p) -> dict | None:
         return out if k == "plain" else {**out, "fp32": master.detach().cpu().clone()}
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    inner_state = engine.optimizer.optimizer.state.get(_flat_of(engine, p))
+    flat = _flat_of(engine, p)
+    inner_state = engine.optimizer.optimizer.state.get(flat)
     if not inner_state:
         return None
     materialize(engine)
     out = {"step": _step_of(inner_state), "fp32": safe_get_full_fp32_param(p).detach().cpu().clone()}
-    for m in MOMENTS:
-        out[m] = safe_get_full_optimizer_state(p, m).detach().cpu().clone()
+    for key in elementwise(inner_state, flat.numel()):
+        out[key] = safe_get_full_optimizer_state(p, key).detach().cpu().clone()
     return out
 
 
@@ -131,11 +148,15 @@ def put(engine, p, state: dict) -> None:
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
     materialize(engine)
-    device = _flat_of(engine, p).device
-    safe_set_full_fp32_param(p, state["fp32"].to(device))
-    for m in MOMENTS:
-        safe_set_full_optimizer_state(p, state[m].to(device), m)
-    inner = engine.optimizer.optimizer.state[_flat_of(engine, p)]
+    flat = _flat_of(engine, p)
+    inner = engine.optimizer.optimizer.state[flat]
+    keys = elementwise(inner, flat.numel())
+    if set(keys) != set(elementwise(state, _numel(p))):
+        raise ValueError(f"optimizer state with {sorted(elementwise(state, _numel(p)))} cannot be put into an engine "
+                         f"whose optimizer keeps {sorted(keys)}")
+    safe_set_full_fp32_param(p, state["fp32"].to(flat.device))
+    for key in keys:
+        safe_set_full_optimizer_state(p, state[key].to(flat.device), key)
     if torch.is_tensor(inner["step"]):
         inner["step"].fill_(float(state["step"]))
     else:

@@ -1,2 +1,3 @@
 """Optimizers and learning-rate schedules. Each contributes a pure DeepSpeed config section; an optimizer that
-DeepSpeed cannot build from JSON (bitsandbytes 8-bit AdamW) is built here and handed to the engine."""
+DeepSpeed cannot build from JSON (bitsandbytes 8-bit AdamW; ElementStepAdamW, AdamW with a step count per
+element for tuning methods that restart rows of their Adam state) is built here and handed to the engine."""

@@ -1,5 +1,9 @@
 """`optim=adamw` (DeepSpeed builds it: torch AdamW, or DeepSpeedCPUAdam when states are offloaded) and
-`optim=adamw8bit` (bitsandbytes AdamW8bit: block-wise 8-bit moments, Dettmers et al. 2021)."""
+`optim=adamw8bit` (bitsandbytes AdamW8bit: block-wise 8-bit moments, Dettmers et al. 2021).
+
+Built with `element_steps=True` (the tuning method's spec declares `Caps(element_steps=True)`: it restarts the
+Adam state of single rows), `optim=adamw` is tuneforge's ElementStepAdamW instead, a client optimizer handed to
+DeepSpeed (element_step_adamw.py); the DeepSpeed config then has no optimizer section."""
 
 from __future__ import annotations
 
@@ -38,14 +42,20 @@ def _params(spec: OptimSpec) -> dict:
 
 @register("optim", "adamw", config=OptimSpec)
 class AdamW:
-    def __init__(self, spec: OptimSpec):
-        self.spec = spec
+    def __init__(self, spec: OptimSpec, element_steps: bool = False):
+        self.spec, self.element_steps = spec, element_steps
 
     def ds_section(self, offloaded: bool) -> dict:
+        if self.element_steps:  # a client optimizer (a torch one: it also runs on offloaded CPU partitions)
+            return {"zero_allow_untested_optimizer": True}
         # torch's AdamW unless ZeRO offloads optimizer states, where DeepSpeed's vectorised CPU Adam is required.
         return {"optimizer": {"type": "AdamW", "params": {**_params(self.spec), "torch_adam": not offloaded}}}
 
     def build(self, params):
+        if self.element_steps:
+            from tuneforge.optim.element_step_adamw import ElementStepAdamW
+
+            return ElementStepAdamW(params, **_params(self.spec))
         return None  # built by DeepSpeed from ds_section
 
 

@@ -6,11 +6,16 @@
                            decoder layers that `names` selects, never the LM head) by make(index, name, linear)
     merge(m)               fold every adapter into its base weight and put the plain
                            nn.Linear back: the result is a plain Hugging Face model (export)
-    write(engine, p, value, reset)
-                           set a trainable parameter's value everywhere the engine keeps it (the weights the
-                           forward reads and the optimizer's fp32 master) and zero its Adam moments at index
-                           `reset`, leaving every other element of the optimizer state untouched (any ZeRO
-                           stage that tuneforge.distributed.optim_state supports; `engine=None`: weights only)
+    master(engine, p)      a trainable parameter's full value in fp32: the optimizer's fp32 master where the
+                           engine keeps one (bf16/fp16 weights), else the weight itself
+    write(engine, p, index, value, reset)
+                           set p[index] = value everywhere the engine keeps it (the weights the forward reads
+                           and, at `index` only, the optimizer's fp32 master: the other rows of a bf16 model keep
+                           their fp32 masters bit for bit) and restart the optimizer state at index `reset`
+                           (every per-element state zeroed: Adam moments and, with ElementStepAdamW, the step
+                           counts, so those rows take fresh Adam steps), leaving every other element of the
+                           optimizer state untouched (any ZeRO stage that tuneforge.distributed.optim_state
+                           supports; `engine=None`: weights only)
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 import torch
 from torch import nn
 
-from tuneforge.distributed.params import assign
+from tuneforge.distributed.params import assign, gathered
 from tuneforge.models.targets import replace, target_linears
 
 
@@ -70,21 +75,42 @@ def row_index(dim: int, rows) -> tuple:
 
 
 @torch.no_grad()
-def write(engine, p: nn.Parameter, value: torch.Tensor, reset: tuple | None = None) -> bool:
-    """Returns whether optimizer state was found (and its `reset` rows zeroed). `engine`: ctx.engine or None."""
-    from tuneforge.distributed.optim_state import MOMENTS
+def master(engine, p: nn.Parameter) -> torch.Tensor:
+    """p's full value in fp32 (a copy): the fp32 master where the engine keeps one. `engine`: ctx.engine or None."""
+    state = engine.state(p) if engine is not None else None
+    if state is not None and "fp32" in state:
+        return state["fp32"].view(_shape(p)).clone()
+    with gathered(p):
+        return p.detach().float().clone()
 
-    assign(p, value)
+
+@torch.no_grad()
+def write(engine, p: nn.Parameter, index: tuple | None = None, value: torch.Tensor | None = None,
+          reset: tuple | None = None) -> bool:
+    """Returns whether optimizer state was found (and its `reset` rows restarted). `engine`: ctx.engine or None;
+    `index`/`value`: where p changes and its new values there (fp32 or p's dtype; None: no change)."""
+    from tuneforge.distributed.optim_state import elementwise
+
+    shape = _shape(p)
+    if index is not None:
+        with gathered(p):
+            w = p.detach().clone()
+        w[index] = value.to(p.dtype)
+        assign(p, w)
     state = engine.state(p) if engine is not None else None
     if state is None:
         return False
-    if "fp32" in state:
-        state["fp32"] = value.to(state["fp32"].dtype).view(state["fp32"].shape)
+    if "fp32" in state and index is not None:
+        state["fp32"].view(shape)[index] = value.to(state["fp32"].dtype)
     if reset is not None:
-        for m in MOMENTS:
-            state[m].view(p.shape)[reset] = 0
+        for key in elementwise(state, shape.numel()):
+            state[key].view(shape)[reset] = 0
     engine.put_state(p, state)
     return True
+
+
+def _shape(p: nn.Parameter) -> torch.Size:
+    return torch.Size(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 parameter holds a partition
 
 
 def names_matching(model: nn.Module, pattern: str) -> set[str]:

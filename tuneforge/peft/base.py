@@ -10,6 +10,8 @@
     apply(model, ctx)     freeze / attach modules; return the model to train (ctx: MethodContext)
     param_groups(model)   optimizer parameter groups (default: one group of the trainable parameters)
     trained_names(model)  parameters whose values training may change: saved in final weights and checkpoints
+    resume_buffers(model) buffers whose values training changes and that a resumed run needs (saved in checkpoints
+                          only; e.g. SwitchLoRA's candidate pools); default none
     on_train_start(ctx) / on_step_start(ctx)
                           optional in-training hooks (`tuneforge.hooks`; e.g. LISA switching layers): ctx is a
                           TrainContext (step, total steps, engine, model, log, metrics); `ctx.engine.rebuild()`
@@ -79,6 +81,9 @@ class TuningMethod(Hooks):
 
     def trained_names(self, model: nn.Module) -> set[str]:
         return {n for n, _ in trainable(model)}
+
+    def resume_buffers(self, model: nn.Module) -> set[str]:
+        return set()
 
     def state_dict(self) -> dict:
         return {}

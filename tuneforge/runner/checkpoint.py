@@ -2,7 +2,8 @@
 
 Layout: <run_dir>/checkpoints/step_<N>/ holds DeepSpeed's files (trainable weights, optimizer partitions, LR
 scheduler, client state), one RNG file per rank, the weights a method trained earlier but froze now (LISA's
-inactive layers: trained_frozen.safetensors) and tuneforge.json: step, world size, data position, method state
+inactive layers) and the buffers it changes in training (SwitchLoRA's candidate pools), in
+trained_frozen.safetensors, and tuneforge.json: step, world size, data position, method state
 and the manifest (size and sha256 of every file).
 
 Save protocol (every rank takes part):
@@ -240,15 +241,21 @@ def read_meta(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------- load
-def _safe_torch_load():
-    """DeepSpeed reads its checkpoint files with torch.load(weights_only=False); make it weights_only=True, with
-    the three plain data classes DeepSpeed pickles allowed, so a planted pickle payload cannot run."""
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+def _allowed() -> list:
+    """The plain data classes DeepSpeed pickles into its checkpoint files (nothing else may be unpickled)."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _safe_torch_load():
+    """DeepSpeed reads its checkpoint files with torch.load(weights_only=False); make it weights_only=True, with
+    the three plain data classes DeepSpeed pickles allowed, so a planted pickle payload cannot run."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = _allowed()
 
     def load(self, path: str, map_location=None):
         with torch.serialization.safe_globals(allowed):
@@ -305,10 +312,39 @@ def convert(path: Path) -> Path:
         shutil.rmtree(incoming, ignore_errors=True)
         raise RunError(f"DeepSpeed's ds_to_universal failed on {path}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     (path / "latest_universal").unlink(missing_ok=True)  # DeepSpeed's pointer file; tuneforge does not use it
+    _extra_states(path, incoming)
     shutil.copy2(path / MARKER, incoming / "source.json")
     write_json_atomic(incoming / MARKER, {**read_meta(path), "universal": True, "files": _manifest(incoming)})
     _commit(incoming, final)
     return final
+
+
+def _extra_states(path: Path, out: Path) -> None:
+    """The per-element optimizer states that ds_to_universal leaves out (it writes fp32, exp_avg, exp_avg_sq and
+    step only), e.g. ElementStepAdamW's element_step: each parameter's fragment is cut from every rank's ZeRO-1/2
+    partition (DeepSpeed's param_slice_mappings), joined in rank order and saved as zero/<name>/<key>.pt, the
+    format of the others."""
+    files = {}
+    for f in path.glob("*zero_pp_rank_*_optim_states.pt"):
+        files[int(f.name.split("zero_pp_rank_")[1].split("_")[0])] = f
+    pieces: dict[tuple[str, str], list[torch.Tensor]] = {}
+    for rank in sorted(files):
+        with torch.serialization.safe_globals(_allowed()):
+            sd = torch.load(files[rank], map_location="cpu", weights_only=True)["optimizer_state_dict"]
+        states = sd.get("base_optimizer_state", sd.get("optimizer_state_dict", {}))  # ZeRO-1/2, ZeRO-3
+        states = states.get("state", {}) if isinstance(states, dict) else dict(enumerate(states))
+        extra = [(g, k) for g, st in states.items() for k, v in st.items()
+                 if k not in ("exp_avg", "exp_avg_sq") and torch.is_tensor(v) and v.dim() > 0]
+        if extra and "param_slice_mappings" not in sd:
+            raise RunError(f"{files[rank]}: per-element optimizer states {sorted({k for _, k in extra})} of a ZeRO-3 "
+                           "checkpoint cannot be converted to the universal format")
+        for g, key in extra:
+            for name, frag in sd["param_slice_mappings"][g].items():
+                pieces.setdefault((name, key), []).append(states[g][key].narrow(0, frag.start, frag.numel))
+    for (name, key), parts in pieces.items():
+        d = out / "zero" / name
+        shape = torch.load(d / "fp32.pt", weights_only=True)["param"].shape
+        torch.save({"param": torch.cat(parts).view(shape)}, d / f"{key}.pt")
 
 
 def load(engine, path: Path, lm, universal: bool = False) -> dict:
@@ -350,8 +386,13 @@ def _load_universal(engine, source: Path) -> dict:
         if not d.is_dir():
             raise InputError([f"universal checkpoint {source} has no state for parameter {name}: it was written "
                               "for another model or tuning method"])
-        tensors = {k: torch.load(d / f"{k}.pt", weights_only=True)["param"] for k in ("fp32", "exp_avg", "exp_avg_sq")}
+        keys = ["fp32", *sorted(f.stem for f in d.glob("*.pt") if f.stem not in ("fp32", "step"))]
+        tensors = {k: torch.load(d / f"{k}.pt", weights_only=True)["param"] for k in keys}
         assign(p, tensors["fp32"])
-        ostate.put(engine, p, {**tensors, "step": int(torch.load(d / "step.pt", weights_only=True))})
+        try:
+            ostate.put(engine, p, {**tensors, "step": int(torch.load(d / "step.pt", weights_only=True))})
+        except ValueError as e:  # e.g. per-element Adam steps the checkpoint does not have
+            raise InputError([f"universal checkpoint {source} does not fit this run's optimizer at {name}: {e}; "
+                              "convert the checkpoint again with this version of tuneforge"]) from None
     states = sorted(source.glob("*model_states.pt"))
     return engine.checkpoint_engine.load(str(states[0]), map_location="cpu") if states else {}

@@ -1,7 +1,8 @@
 """The Engine owns the DeepSpeed engine of a run.
 
     build(groups)          deepspeed.initialize over the method's parameter groups, the optimizer the precision
-                           mode chooses, and the LR schedule continued from the current step
+                           mode chooses (per-element Adam steps when the method's caps ask: element_steps), and
+                           the LR schedule continued from the current step
     rebuild(change)        release the engine (optimizer state, partitions), run change() -- which alters what
                            is trainable and returns the new parameter groups -- and build again
     state(p) / put_state(p, s) / materialize() / held_numel()
@@ -26,6 +27,7 @@ import torch
 from tuneforge import registry
 from tuneforge.distributed import dist
 from tuneforge.distributed import optim_state as ostate
+from tuneforge.distributed.ds_config import element_steps
 
 
 def skip_nonfinite_steps(opt) -> None:
@@ -54,7 +56,8 @@ class Engine:
         """A DeepSpeed engine over `groups`; the LR schedule continues from `start_step`."""
         import deepspeed
 
-        client_opt = self.precision.optimizer(groups, registry.build("optim", self.specs["optim"]))
+        optim = registry.build("optim", self.specs["optim"], element_steps=element_steps(self.specs))
+        client_opt = self.precision.optimizer(groups, optim)
         plain = self.ds_config["zero_optimization"]["stage"] == 0 and not ({"bf16", "fp16"} & set(self.ds_config))
 
         def schedule(opt):  # DeepSpeed calls this with the optimizer it built

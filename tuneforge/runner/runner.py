@@ -351,7 +351,7 @@ class Runner:
                 "planned_for": [self.t.max_steps, self.t.epochs], "consumed_samples": self.step * plan.global_batch,
                 "epoch": self.step // plan.steps_per_epoch}
         lm = self.objective.lm
-        frozen = self.method.trained_names(lm) - {n for n, _ in trainable(lm)}
+        frozen = self.method.trained_names(lm) - {n for n, _ in trainable(lm)} | self.method.resume_buffers(lm)
         meta.update(skipped_steps=self.skipped, bad_streak=self.bad_streak)
         path = checkpoint.save(self.engine.ds, self.run_dir, self.step, {"history": self.history}, meta,
                                self.t.keep_last, lm, frozen)

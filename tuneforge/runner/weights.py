@@ -1,4 +1,4 @@
-"""Named parameters to and from safetensors, ZeRO-3 aware (through distributed.params).
+"""Named parameters (and buffers) to and from safetensors, ZeRO-3 aware (through distributed.params).
 
 Saving gathers each ZeRO-3 partitioned parameter in turn (all ranks take part; rank 0 writes). Loading copies
 by name into the parameters of a model rebuilt the way the run built it (load -> quantize -> apply method);
@@ -21,7 +21,7 @@ FILE = "trainable.safetensors"
 
 def save_named(lm: torch.nn.Module, path: Path, names: set[str], meta: dict | None = None) -> None:
     state = {}
-    for n, p in lm.named_parameters():
+    for n, p in _tensors(lm):
         if n in names:
             with gathered(p):
                 state[n] = p.detach().cpu().clone().contiguous()
@@ -34,7 +34,7 @@ def load_named(lm: torch.nn.Module, path: Path, strict_names: set[str] | None = 
     if not path.is_file():
         raise RunError(f"{path} not found: the run did not finish (resume it with trainer.resume=auto)")
     state = load_file(str(path))
-    params = dict(lm.named_parameters())
+    params = dict(_tensors(lm))
     unknown = [n for n in state if n not in params]
     missing = sorted((strict_names or set()) - set(state))
     if unknown or missing:
@@ -42,3 +42,8 @@ def load_named(lm: torch.nn.Module, path: Path, strict_names: set[str] | None = 
     for n, t in state.items():
         assign(params[n], t)
 
+
+def _tensors(lm: torch.nn.Module):
+    """Parameters and buffers by name (a method may change buffers in training: SwitchLoRA's candidate pools)."""
+    yield from lm.named_parameters()
+    yield from lm.named_buffers()

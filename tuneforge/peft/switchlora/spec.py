@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Caps, Spec, has_targets, knob, positive
+from tuneforge.config.spec import Caps, Spec, has_targets, knob, one_of, positive
 
 
 @dataclass
@@ -18,13 +18,18 @@ class SwitchLoraSpec(Spec):
     descent_steps: int = knob(0, "explicit step for that 0.3x point (0: use descent_ratio)")
     freeze_steps: int = knob(5, "N: steps the counterpart of a switched vector stays frozen (Adam re-warm-up)")
     pool: int = knob(0, "candidate vectors per matrix (0: min(in, out) as in the paper; lower it to save memory)")
+    candidate_order: str = knob("sequential", "which candidate a switch takes: sequential (the next in the pool, as "
+                                              "the authors' code) or random (uniform among those not held)")
 
-    # own layers on plain nn.Linear weights (peft/adapters.py); switching resets Adam rows of the swapped vectors
-    caps = Caps(whole_weights_in_training="its layers read and write whole weight matrices", writes_optimizer_rows=True)
+    # own layers on plain nn.Linear weights (peft/adapters.py); switching restarts the Adam rows (moments and
+    # per-element step counts) of the swapped vectors' counterparts
+    caps = Caps(whole_weights_in_training="its layers read and write whole weight matrices", writes_optimizer_rows=True,
+                element_steps=True)
 
     def problems(self):
         out = positive(self, "r", "alpha", "interval") + positive(self, "freeze_steps", "pool", "descent_steps",
                                                                   allow_zero=True)
+        out += one_of(self, "candidate_order", ("sequential", "random"))
         if not 0 < self.descent_ratio <= 10:
             out.append(f"descent_ratio={self.descent_ratio} must be in (0, 10]")
         if 0 < self.pool <= self.r:

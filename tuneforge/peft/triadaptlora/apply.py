@@ -13,14 +13,20 @@ this is tuneforge's own code, written from the paper and the authors' released c
   threshold is the k-th largest score; every module scoring at least that (and above zero: a core that did not
   move carries no signal) grows -- the most important first, more of them as the run progresses. A module stops at r_max (tuneforge's allocation cap).
 Deviations, for a fixed-shape optimizer (one engine for the whole run, ZeRO 0-2): everything is allocated at
-r_max with a rank mask (masked entries are detached: no gradient, zero Adam moments; at growth the new rows'
-moments are zeroed explicitly through tuneforge.distributed.optim_state); the scale s = alpha / r_init is fixed
-(the released code divides by the current rank, which changes the function at every growth); the initial core is
-the identity, at init and on every grown block (the released code starts the core and every grown block at zero:
-an exact saddle, since dL/dB[:, new] is proportional to C[new, :] A x = 0 and dL/dC[new, :] to B[:, new] = 0, so
-its grown ranks -- and, with a zero initial core, every adapter parameter -- get no gradient); a grown block's
-moments are zeroed but it shares its tensor's Adam step count (the released code gives it a new parameter group,
-so a fresh bias correction: per-row step counts are still to do).
+r_max with a rank mask (masked entries are detached: no gradient; their Adam state never starts, so they never
+move, weight decay included); the scale s = alpha / r_init is fixed (the released code divides by the current
+rank, which changes the function at every growth); the initial core is the identity, at init and on every grown
+block (the released code starts the core and every grown block at zero: an exact saddle, since dL/dB[:, new] is
+proportional to C[new, :] A x = 0 and dL/dC[new, :] to B[:, new] = 0, so its grown ranks -- and, with a zero
+initial core, every adapter parameter -- get no gradient).
+Fresh Adam state for a grown block, as the released code's new parameter group (optimizer.add_param_group: new
+tensors, step 0): the optimizer keeps a step count per element (tuneforge.optim.element_step_adamw, asked for by
+the spec's caps: `element_steps`) and growth zeroes the moments and step counts of the new rows of A and L and
+columns of B and U (tuneforge.peft.adapters.write), so their bias correction starts afresh within the same tensor.
+Departure: an element's count starts with its first non-zero gradient (a new param group's counts start at the
+first step; the new block's L rows and A rows see a zero gradient until B's new columns move).
+Growth writes only what changes (L's new diagonal, B's and U's new columns), so with bf16/fp16 weights the fp32
+masters of every other row are untouched.
 Ranks are printed at each growth and saved in the method state (checkpoints; restored on resume).
 """
 
@@ -88,19 +94,20 @@ class TriAdaptLora(TuningMethod):
     def grow(self, m: TriAdaptLinear, engine) -> None:
         """Unmask the next grow_by ranks: their B and U columns start at zero and their L rows at the identity (1 on
         the new diagonal), so the function is unchanged (B[:, new] = 0) while B's new columns get a gradient
-        (s (C A x)[new] != 0). The Adam moments of every new row/column are zeroed (the rest is untouched)."""
+        (s (C A x)[new] != 0). The Adam state (moments, step counts) of every new row/column restarts; only the
+        new rows/columns are written (the rest of the weights and optimizer state is untouched)."""
         r0 = m.rank
         r1 = min(r0 + self.spec.grow_by, self.spec.r_max)
         new = list(range(r0, r1))
-        b, lo, up = (p.detach().clone() for p in (m.lora_B, m.lora_L, m.lora_U))
-        b[:, new], lo[new], up[:, new] = 0, 0, 0
-        lo[new, new] = 1  # the new core diagonal starts at the identity: no saddle (see the module docstring)
+        lo = torch.zeros(len(new), m.lora_L.shape[1])
+        lo[range(len(new)), new] = 1  # the new core diagonal starts at the identity: no saddle (module docstring)
         m.set_rank(r1)
         m.blocks += 1
-        write(engine, m.lora_A, m.lora_A.detach().clone(), row_index(0, new))
-        write(engine, m.lora_B, b, row_index(1, new))
-        write(engine, m.lora_L, lo, row_index(0, new))
-        write(engine, m.lora_U, up, row_index(1, new))
+        rows, cols = row_index(0, new), row_index(1, new)
+        write(engine, m.lora_A, reset=rows)
+        write(engine, m.lora_B, cols, torch.zeros(m.lora_B.shape[0], len(new)), cols)
+        write(engine, m.lora_L, rows, lo, rows)
+        write(engine, m.lora_U, cols, torch.zeros(m.lora_U.shape[0], len(new)), cols)
 
     def state_dict(self):
         return {"ranks": self.ranks(), "blocks": {n: m.blocks for n, m in self.modules.items()},

@@ -19,8 +19,10 @@ class TriAdaptLoraSpec(Spec):
     growth: str = knob("linear", "how many modules grow at step t: linear (the paper's best) or exponential in the "
                                  "fraction of the run done")
 
-    # own layers on plain nn.Linear weights (peft/adapters.py); growing a rank resets its Adam rows
-    caps = Caps(whole_weights_in_training="its layers read and write whole weight matrices", writes_optimizer_rows=True)
+    # own layers on plain nn.Linear weights (peft/adapters.py); growing a rank restarts its Adam rows (moments and
+    # per-element step counts: a grown block takes fresh Adam steps)
+    caps = Caps(whole_weights_in_training="its layers read and write whole weight matrices", writes_optimizer_rows=True,
+                element_steps=True)
 
     def problems(self):
         out = positive(self, "r_init", "reference_rank", "r_max", "grow_by", "alpha", "grow_every")
