@@ -8,7 +8,8 @@ Methods default to every registered `peft` option except full, freeze and lisa (
 registering). Each runs `tuneforge train recipe=<recipe> peft=<m> trainer.max_steps=<steps>` in its own process
 (1 rank, ZeRO-0, the recipe's precision) with the method's defaults; methods that need another axis get it from
 NEEDS (qlora: quant=nf4). Peak memory is the run's peak RSS (summary.json); tokens/s the median over steps
-after the first (metrics.jsonl); exact match on the recipe's held-out problems before and after training.
+after the first (metrics.jsonl); exact match on the recipe's held-out problems before and after training (and
+after training per task, for a multi-task method such as mtlora).
 `--record` appends the table, the command and the machine to bench/RESULTS.md.
 """
 
@@ -28,7 +29,7 @@ NEEDS = {"qlora": ["quant=nf4"],  # axes a method cannot run without
          "mtlora": ["data.ops=[+,-]", "data.tasks=[add,sub]"]}  # multi-task data: addition and subtraction problems
 SETTINGS = {"corda": ["peft.n_samples=64"]}  # bounded calibration (the default 256 takes ~4x longer on CPU)
 COLUMNS = ["method", "trainable", "peak RSS MB", "tokens/s (median)", "exact match before", "after",
-           "eval loss after", "run wall s"]
+           "after, per task", "eval loss after", "run wall s"]
 
 
 def default_methods() -> list[str]:
@@ -51,8 +52,9 @@ def measure(method: str, recipe: str, steps: int, before: bool, overrides: list[
     def em(row):
         return f"{row['exact_match']:.1%}" if "exact_match" in row else "-"
 
+    per_task = ", ".join(f"{k.partition('/')[2]} {v:.1%}" for k, v in after.items() if k.startswith("exact_match/"))
     return [method, f"{s['trainable_params'] / 1e6:.2f}M ({100 * s['trainable_params'] / s['total_params']:.2f}%)",
-            f"{s['peak_memory_mb']:,.0f}", f"{statistics.median(tps):.0f}", em(before), em(after),
+            f"{s['peak_memory_mb']:,.0f}", f"{statistics.median(tps):.0f}", em(before), em(after), per_task or "-",
             f"{after.get('eval_loss', float('nan')):.3f}", f"{s['wall_time_s']:.0f}"]
 
 

@@ -88,3 +88,21 @@ def test_targets_that_match_nothing_and_layers_out_of_range():
     assert check("model=tiny_gqa", "peft=lst", "peft.reduction=16") == [  # gcd(96, 200, 32 / 2) = 8
         "peft.reduction=16 does not divide the model's intermediate_size=200: set peft.reduction to a divisor of 8, "
         "e.g. peft.reduction=8"]
+
+
+def test_mtlora_task_layers_leave_a_trunk():
+    tasks = ("model=tiny_llama", "peft=mtlora", "data.ops=[+,-]", "data.tasks=[add,sub]")
+    assert check(*tasks, "peft.task_layers=1") == []
+    assert check(*tasks, "peft.task_layers=2") == [
+        "peft.task_layers=2 leaves no shared trunk in a model of 2 layers: set peft.task_layers <= 1 "
+        "(or peft.mode=routed)"]
+    assert check(*tasks, "peft.task_layers=2", "peft.mode=routed") == []  # routed has no trunk/task split
+
+
+def test_corda_knowledge_window_fits_the_positions():
+    kpm = ("model=tiny_llama", "peft=corda", "peft.r=4", "peft.mode=kpm",
+           "peft.knowledge_data=pkg://tuneforge/data/examples/qa.jsonl")  # tiny_llama: 512 positions
+    assert check(*kpm, "peft.knowledge_window=512") == []
+    assert check(*kpm, "peft.knowledge_window=1024") == [
+        "peft.knowledge_window=1024 exceeds the model's 512 positions: set peft.knowledge_window <= 512"]
+    assert check(*kpm, "peft.knowledge_window=1024", "peft.knowledge_text=pairs") == []  # no windows

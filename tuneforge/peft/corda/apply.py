@@ -12,6 +12,23 @@ The components are split by rank r (Sec. 3.2):
   the top ones, so fine-tuning disturbs the knowledge least.
 (PEFT folds alpha / r into S so that residual + (alpha / r) B A == W exactly at init.)
 
+The KPM calibration text follows the reference code (github.com/iboing/CorDA, `cordalib/datautils.py`,
+`get_calib_data` for "nqopen" / "traivia_qa"), with `peft.knowledge_text=questions` (default):
+- follows: only the questions (no answers) of the knowledge rows, in file order, joined by a blank line into one
+  text, then windows of `knowledge_window` tokens (the reference's seqlen, 2048), `n_samples` of them (its
+  calib_loader_size, 256); each window is one calibration sample (one X^T X / max|X|^2 term of C, PEFT's hook);
+- follows: a window starts with the tokenizer's BOS token when the tokenizer adds one itself (Llama's does, as
+  the reference tokenizes each window);
+- departs: the reference picks each window at a uniformly random *character* offset (with replacement, so windows
+  may overlap or repeat, and may start mid-word); here the token stream is cut into consecutive disjoint windows
+  and a seeded random subset of `n_samples` is kept (all of them if fewer): no token is counted twice, every
+  window is full length, and the set is reproducible from the seed;
+- departs: a knowledge text shorter than one window gives one shorter window (the reference fails there);
+- "question" is the user turns of a row (qa: its question field; alpaca: instruction + input; chat: every user
+  turn), or a text row's whole text.
+`peft.knowledge_text=pairs` keeps the earlier behaviour: each row (question and answer rendered with the chat
+template) is one calibration sample.
+
 PEFT's hooks accumulate each layer's X^T X in fp32 sample by sample: memory is bounded by the per-layer
 d_in x d_in matrices, not by the sample count. tuneforge streams the calibration samples one at a time
 (batch 1, no padding: PEFT's hook expects one sequence) through the decoder, reports progress on the run's
@@ -49,6 +66,10 @@ class Corda(Lora):
     def shape_problems(spec, shape):
         """The adapter takes r components of the decomposition of W C: there are min(in, out)."""
         linears, out = targets(shape, spec.target_modules)
+        limit = getattr(shape.config, "max_position_embeddings", None)
+        if spec.packs_questions and limit and spec.knowledge_window > limit:
+            out.append(f"peft.knowledge_window={spec.knowledge_window} exceeds the model's {limit} positions: set "
+                       f"peft.knowledge_window <= {limit}")
         return out + at_most_features("peft.r", spec.r, linears)
 
     def apply(self, model, ctx):
@@ -83,26 +104,40 @@ class Corda(Lora):
                "data": asdict(ctx.specs["data"]) if "data" in ctx.specs and self.spec.mode == "ipm" else None}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
-    def samples(self, ctx) -> list:
+    def samples(self, ctx, log=None) -> list[list[int]]:
+        """The token ids of each calibration sample (at most n_samples)."""
         s = self.spec
         if s.mode == "kpm":
+            examples, spec, report = self.knowledge(ctx)
+            if s.packs_questions:
+                windows = question_windows(examples, ctx.tokenizer, s.knowledge_window)
+                if len(windows) > s.n_samples:
+                    keep = sorted(random.Random(ctx.seed).sample(range(len(windows)), s.n_samples))
+                    windows = [windows[i] for i in keep]
+                (log or (lambda *_: None))(f"corda: knowledge covariance from {len(windows)} windows of up to "
+                                           f"{s.knowledge_window} tokens of the questions of {len(examples)} rows")
+                return windows
             from tuneforge.data.encode import encode
 
-            data = ctx.specs["data"]
-            spec = registry.entry("data", s.knowledge_format).config(
-                name=s.knowledge_format, path=s.knowledge_data, eval_split=0, max_length=data.max_length)
-            loaded = registry.build("data", spec).load(ctx.seed)
-            pool = encode(loaded.train, ctx.tokenizer, spec, loaded.report)
+            pool = [x.input_ids for x in encode(examples, ctx.tokenizer, spec, report)]
         else:
-            pool = list(ctx.train_samples)
+            pool = [x.input_ids for x in ctx.train_samples]
         if not pool:
             raise InputError([f"peft=corda: no calibration samples and no cached decomposition in "
                               f"{ctx.run_dir}/corda: train the run first (eval/export reuse its cache)"])
         random.Random(ctx.seed).shuffle(pool)
         return pool[: s.n_samples]
 
+    def knowledge(self, ctx):
+        """(examples, data spec, row report) of `peft.knowledge_data`, read with its data format."""
+        s = self.spec
+        spec = registry.entry("data", s.knowledge_format).config(
+            name=s.knowledge_format, path=s.knowledge_data, eval_split=0, max_length=ctx.specs["data"].max_length)
+        loaded = registry.build("data", spec).load(ctx.seed)
+        return loaded.train, spec, loaded.report
+
     def calibration(self, model, ctx, log):
-        samples = self.samples(ctx)
+        samples = self.samples(ctx, log)
         decoder = unwrap(model).get_decoder()
         device = next(model.parameters()).device
         every = max(1, len(samples) // 10)
@@ -111,7 +146,7 @@ class Corda(Lora):
             t0 = time.time()
             log(f"corda: calibrating on {len(samples)} samples ({self.spec.mode}), covariance per target layer")
             for i, sample in enumerate(samples, 1):
-                decoder(input_ids=torch.tensor([sample.input_ids], device=device), use_cache=False)
+                decoder(input_ids=torch.tensor([sample], device=device), use_cache=False)
                 if i % every == 0 or i == len(samples):
                     log(f"corda: calibration {i}/{len(samples)} samples ({time.time() - t0:.1f}s)")
 
@@ -122,3 +157,20 @@ class Corda(Lora):
             return False
         model.save_pretrained(str(path), path_initial_model_for_weight_conversion=str(self.initial))
         return True
+
+
+def question_text(example) -> str:
+    """The question of a knowledge row: its user turns, or a text row's text."""
+    if example.messages is not None:
+        return "\n".join(m["content"] for m in example.messages if m["role"] == "user")
+    return example.text
+
+
+def question_windows(examples, tokenizer, window: int) -> list[list[int]]:
+    """The questions joined by blank lines, tokenized once and cut into consecutive windows of `window` tokens
+    (BOS first when the tokenizer adds one itself); a text shorter than one window is one shorter window."""
+    ids = tokenizer("\n\n".join(question_text(ex) for ex in examples), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    head = [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
+    step = window - len(head)
+    return [head + ids[i:i + step] for i in range(0, len(ids) - step + 1, step)] or [head + ids]
