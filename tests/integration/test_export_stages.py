@@ -168,9 +168,11 @@ def test_train_and_show_reject_a_bad_stage_list_at_compose_time(capsys):
 
 
 def test_a_recipes_stages_and_knobs_compose_and_the_command_line_can_replace_them():
-    assert [(n, s.sparsity) for n, s in export_stages(compose(["recipe=dsee_tiny"]))[1:]] == [("prune", 0.5)]
+    stages = dict(export_stages(compose(["recipe=dsee_tiny"])))
+    assert list(stages) == ["merge", "prune", "retune"]
+    assert (stages["prune"].how, stages["prune"].sparsity, stages["retune"].steps) == ("global", 0.5, 2)
     stages = dict(export_stages(compose(["recipe=dsee_tiny", "export.prune.how=rows"])))
-    assert list(stages) == ["merge", "prune"] and (stages["prune"].how, stages["prune"].sparsity) == ("rows", 0.5)
+    assert (stages["prune"].how, stages["prune"].sparsity) == ("rows", 0.5)
     assert [n for n, _ in export_stages(compose(["recipe=dsee_tiny", "export=[merge]"]))] == ["merge"]
 
 
