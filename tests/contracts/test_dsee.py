@@ -11,16 +11,21 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tests.contracts.test_peft_family import TINY, Row, make, train
 from tuneforge.config.compose import compose, export_stages
+from tuneforge.config.run import Run
 from tuneforge.export.base import ExportContext, run_stages
 from tuneforge.models.layers import decoder_layers
+from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.adapters import merge
+from tuneforge.peft.base import MethodContext
 from tuneforge.peft.dsee.apply import CACHE
 from tuneforge.peft.dsee.layer import decompose, grebsmo, one_thread_if_small
+from tuneforge.runner.model import build
 
 N = 16
 
@@ -184,3 +189,22 @@ def test_head_pruning_removes_exactly_the_requested_heads(tmp_path, p):
         want = reference(input_ids=batch["input_ids"]).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, unmasked, atol=1e-3)  # the pruned heads did contribute
+
+
+def test_a_run_from_before_grebsmo_rebuilds_with_its_own_rule(tmp_path):
+    """Runs made before `support=grebsmo` existed have `support: residual` (rank 8, 10 iterations) in their
+    config.yaml and no grebsmo knobs: they load, and rebuild the support they trained on (no saved support)."""
+    cfg = compose([*TINY, "peft=dsee", "peft.r=2", f"peft.sparse_n={N}"])
+    old = OmegaConf.to_container(cfg)
+    old["peft"].update(support="residual", decomp_iters=10)
+    for knob in ("decomp_step", "decomp_threshold"):
+        del old["peft"][knob]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    specs = Run.load(tmp_path).specs
+    assert (specs["peft"].support, specs["peft"].decomp_rank, specs["peft"].decomp_iters) == ("residual", 8, 10)
+    tok = load_tokenizer(specs["model"])
+    _, method = build(specs, tok, MethodContext(seed=specs["trainer"].seed, tokenizer=tok, run_dir=tmp_path,
+                                                specs=specs))
+    for mod in method.modules.values():
+        w = mod.base.weight.detach().float()
+        assert torch.equal(mod.sparse_index, decompose(w, N, 8, 10, 0)[0])
