@@ -7,6 +7,9 @@ Adam's moments and weight decay never move a pruned entry, and the weights are m
 and at the end, so the export keeps exactly the pruned zeros. The training is the run's own: `ctx.train`
 (runner/offline.py) runs the runner's loop in this process on the run's data, objective, precision, optimizer and
 schedule, with `steps` and `lr` from this stage; it evaluates before and after (`<export>/retune/summary.json`).
+Everything else in the model comes back bitwise as it was (a bf16 engine casts the whole module: the frozen
+tensors are put back); the re-tuned matrices come back in the export's dtype with the values the engine trained
+(bf16-rounded under precision=bf16), which are the values its final eval saw.
 
 Departure from the reference: it re-tunes the adapters (U V and S2) over the masked, frozen W0 and keeps them
 unmerged, so its final weights W0 * M + U V + S2 are sparse only as long as the adapters stay apart. tuneforge
@@ -86,18 +89,39 @@ class Retune(Stage):
                               "export=[merge,prune,retune]` (it needs the runner)"])
         found = targets(model, default_targets(s, ctx), "retune")
         mask = FixedMask(model, [m.weight for _, m in found])
-        dtype = next(model.parameters()).dtype
+        kept = untouched(model, mask.weights)
         changes = {k: v for k, v in (("trainer.max_steps", s.steps), ("optim.lr", s.lr)) if v is not None}
         model.train()
         try:
             summary = ctx.train(model, mask, changes, ctx.out / "retune")
         finally:
             mask.release()
-            model.to(dtype).eval()  # a bf16 engine casts the model; the export keeps the run's dtype
+            kept()
+            model.eval()
         before, after = summary.get("eval_before") or {}, summary.get("eval") or {}
-        kept = sum(int(m.sum()) for m in mask.masks) / max(sum(m.numel() for m in mask.masks), 1)
+        share = sum(int(m.sum()) for m in mask.masks) / max(sum(m.numel() for m in mask.masks), 1)
         loss = (f"; eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}"
                 if "eval_loss" in before and "eval_loss" in after else "")
-        ctx.say(f"retune: {summary.get('steps')} steps on {len(found)} matrices ({kept:.1%} of their entries "
+        ctx.say(f"retune: {summary.get('steps')} steps on {len(found)} matrices ({share:.1%} of their entries "
                 f"trainable, zeros fixed){loss}")
         return model
+
+
+def untouched(model: torch.nn.Module, trained: list[torch.nn.Parameter]):
+    """A function that puts back every tensor of `model` but `trained` as it is now, and `trained` in its current
+    dtype: a bf16 engine casts the whole module (replacing each tensor's data), which would round the frozen
+    weights and buffers of a float32 export."""
+    ids = {id(w) for w in trained}
+    params = [(p, p.data) for p in model.parameters() if id(p) not in ids]
+    dtypes = [(w, w.dtype) for w in trained]
+    buffers = [(m, n, b) for m in model.modules() for n, b in m._buffers.items() if b is not None]
+
+    def restore() -> None:
+        for p, data in params:
+            p.data = data
+        for w, dtype in dtypes:
+            w.data = w.data.to(dtype)
+        for m, n, b in buffers:
+            m._buffers[n] = b
+
+    return restore
