@@ -8,6 +8,9 @@
 
 `run_stages` runs the list once per exported model (per variant, e.g. one per task) and saves what the last
 stage returns as a Hugging Face directory (plus the tokenizer) in ctx.out.
+
+A stage that trains (`retune`) does it through `ctx.train`, which `tuneforge export` (runner/offline.py) fills
+with the runner's own loop: stages sit below the runner and never import it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ from tuneforge.errors import InputError
 @dataclass
 class ExportContext:
     """What a stage may use: the run's method (its merge/adapter/export interface), all specs, the tokenizer,
-    the directory this model is exported to, the variant being exported (None: the only one) and `log(text)`."""
+    the directory this model is exported to, the variant being exported (None: the only one), `log(text)`, and
+    `train(model, method, changes, out) -> summary`: train `model` in this process with the run's data,
+    objective, precision and optimizer, `method` (a TuningMethod: param_groups, hooks) deciding what trains,
+    the run's config changed by `changes` ({"optim.lr": 1e-4, ...}), logs and summary.json in `out`
+    (None outside `tuneforge export`)."""
 
     method: Any
     specs: dict
@@ -35,6 +42,7 @@ class ExportContext:
     out: Path | None = None
     variant: str | None = None
     log: Callable[[str], None] | None = None
+    train: Callable[..., dict] | None = None
 
     @property
     def variant_kw(self) -> dict:
@@ -44,6 +52,22 @@ class ExportContext:
     def say(self, text: str) -> None:
         if self.log is not None:
             self.log(text)
+
+
+def targets(model: nn.Module, names, stage: str) -> list[tuple[str, nn.Linear]]:
+    """The linears a stage acts on: `names` (its own `target_modules`; linear names inside the decoder layers or
+    [all-linear])."""
+    from tuneforge.models.targets import target_linears
+
+    try:
+        return target_linears(model, names)
+    except ValueError as e:
+        raise InputError([f"export.{stage}: {e}: set export.{stage}.target_modules"]) from None
+
+
+def default_targets(spec, ctx: ExportContext) -> list[str]:
+    """A stage's `target_modules`, or (null) the run's `peft.target_modules` if the method has them, else all-linear."""
+    return spec.target_modules or getattr(ctx.specs.get("peft"), "target_modules", None) or ["all-linear"]
 
 
 class Stage:

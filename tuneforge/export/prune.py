@@ -1,6 +1,12 @@
 """`prune`: zero a fixed fraction of a merged model's weights -- DSEE's second sparsity (Chen et al., 2021, arXiv
 2111.00160), usable after any method's merge.
 
+`how=global` zeroes the round(p x total) smallest |w| over all target matrices together (one threshold for all,
+so each matrix keeps what it keeps): the DSEE reference's `prune.global_unstructured(..., L1Unstructured)` over
+every linear (run_glue_prune_with_WAB.py), see `prune_global`. The reference scores its adapted matrices
+(query, value) by the update alone (`prune_mode=ABS`: |U V + S|, in a second global pool) and the others by
+|W0|, and keeps the adapters unmerged on top of the pruned W0; tuneforge exports one merged model, so it scores
+every target matrix by its merged weight |W0 + U V + S| in one pool (what is kept is what the export computes).
 `how=unstructured` zeroes each target matrix's round(p x numel) smallest |w|; `how=rows` its round(p x rows)
 output rows of smallest L2 norm; `how=heads` removes, in every decoder layer, the round(p x num_heads) attention
 heads of smallest ||W_o[:, h]||_F x ||W_v[g(h)]||_F (see `prune_heads`). The paper ranks heads with learnable
@@ -19,25 +25,26 @@ from torch import nn
 
 from tuneforge.config.spec import Spec, knob, one_of
 from tuneforge.errors import InputError
-from tuneforge.export.base import Stage
+from tuneforge.export.base import Stage, default_targets
+from tuneforge.export.base import targets as stage_targets
 from tuneforge.models.layers import decoder_layers, unwrap
-from tuneforge.models.targets import target_linears
 from tuneforge.registry import register
 
 
 @dataclass
 class PruneSpec(Spec):
     takes: ClassVar[str] = "merged"
-    how: str = knob("unstructured", "unstructured (smallest |w| of each target matrix), rows (its output rows of "
-                                    "smallest L2 norm) or heads (whole attention heads of every layer)")
-    sparsity: float = knob(0.5, "fraction of each target matrix's entries (or rows), or of each layer's attention "
-                                "heads, set to zero")
+    how: str = knob("unstructured", "global (smallest |w| over all target matrices together), unstructured "
+                                    "(smallest |w| of each target matrix), rows (its output rows of smallest L2 "
+                                    "norm) or heads (whole attention heads of every layer)")
+    sparsity: float = knob(0.5, "fraction set to zero: of all target entries together (global), of each target "
+                                "matrix's entries (or rows), or of each layer's attention heads")
     target_modules: Optional[list[str]] = knob(None, "matrices pruned by unstructured/rows: linear names inside the "
                                                      "decoder layers or [all-linear]; null: the run's "
                                                      "peft.target_modules if the method has them, else all-linear")
 
     def problems(self):
-        out = one_of(self, "how", ("unstructured", "rows", "heads"))
+        out = one_of(self, "how", ("global", "unstructured", "rows", "heads"))
         if not 0 < self.sparsity < 1:
             out.append(f"sparsity={self.sparsity} must be in (0, 1)")
         if self.target_modules is not None and not self.target_modules:
@@ -52,20 +59,46 @@ class Prune(Stage):
         if s.how == "heads":
             ctx.say(f"prune: heads, {s.sparsity:.0%} of each layer's attention heads")
             return prune_heads(model, s.sparsity)
-        names = s.target_modules or getattr(ctx.specs.get("peft"), "target_modules", None) or ["all-linear"]
-        targets = linears(model, names)
+        targets = stage_targets(model, default_targets(s, ctx), "prune")
+        kinds = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, _ in targets}))
+        if s.how == "global":
+            prune_global([m.weight for _, m in targets], s.sparsity)
+            ctx.say(f"prune: global, {s.sparsity:.0%} of the {len(targets)} matrices together ({kinds})")
+            return model
         for _, m in targets:
             m.weight.copy_(prune(m.weight, s.how, s.sparsity))
-        kinds = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, _ in targets}))
         ctx.say(f"prune: {s.how}, {s.sparsity:.0%} of each of {len(targets)} matrices ({kinds})")
         return model
 
 
-def linears(model: nn.Module, names) -> list[tuple[str, nn.Linear]]:
-    try:
-        return target_linears(model, names)
-    except ValueError as e:
-        raise InputError([f"export.prune: {e}: set export.prune.target_modules"]) from None
+@torch.no_grad()
+def prune_global(weights: list[torch.Tensor], sparsity: float) -> None:
+    """Zero, in place, the k = round(sparsity x total) entries of smallest |w| over all `weights` together.
+
+    The k-th smallest |w| (t) is found by bisection on its float32 bit pattern (order-preserving for non-negative
+    floats): 31 counting passes over the weights, each holding one matrix at a time, instead of sorting all of
+    them at once (torch.nn.utils.prune.global_unstructured keeps a k-long int64 index: 26 GB for half of a 7B
+    model). Every |w| < t is zeroed, then entries equal to t in target order until exactly k are."""
+    k = round(sparsity * sum(w.numel() for w in weights))
+    if k == 0:
+        return
+
+    def at_most(bits: int) -> int:
+        t = torch.tensor(bits, dtype=torch.int32).view(torch.float32)
+        return sum(int((w.float().abs() <= t).sum()) for w in weights)
+
+    lo, hi = 0, 0x7F800000  # +0.0 .. +inf
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if at_most(mid) >= k else (mid + 1, hi)
+    t = torch.tensor(lo, dtype=torch.int32).view(torch.float32)
+    ties = k - sum(int((w.float().abs() < t).sum()) for w in weights)  # how many entries equal to t go
+    for w in weights:
+        a = w.float().abs()
+        tied = (a == t).flatten().nonzero().flatten()[:ties]
+        ties -= tied.numel()
+        w.masked_fill_(a < t, 0)
+        w.view(-1)[tied] = 0
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@
                            the LR schedule continued from the current step
     rebuild(change)        release the engine (optimizer state, partitions), run change() -- which alters what
                            is trainable and returns the new parameter groups -- and build again
+    release()              destroy the engine, leaving the model an ordinary module
     state(p) / put_state(p, s) / materialize() / held_numel()
                            a parameter's optimizer state (fp32 master, Adam moments, step), any ZeRO stage
     lr, reset_schedule(total)
@@ -83,7 +84,14 @@ class Engine:
         """Re-create the engine around `change()` (which alters what is trainable and returns the new parameter
         groups): the old optimizer and its partitions are released first, so state exists only for what the new
         engine trains."""
-        start, old = self.steps_done, self.ds
+        start = self.steps_done
+        self.release()
+        self.build(change(), start_step=start)
+
+    def release(self) -> None:
+        """Destroy the DeepSpeed engine (optimizer state, partitions, the hooks it put on the model), leaving the
+        model an ordinary module."""
+        old = self.ds
         old.destroy()
         for hook in (old.module_forward_pre_hook, old.module_forward_post_hook):  # destroy() leaves these
             if hook is not None:
@@ -96,8 +104,7 @@ class Engine:
         self.ds = self.optimizer = self.scheduler = old = None
         gc.collect()
         if released() is not None:
-            raise RuntimeError("the previous DeepSpeed optimizer is still referenced after an engine rebuild")
-        self.build(change(), start_step=start)
+            raise RuntimeError("the previous DeepSpeed optimizer is still referenced after an engine release")
 
     def reset_schedule(self, total_steps: int) -> None:
         """A new total step count (an extended run): the schedule is rebuilt for it, from the current step."""

@@ -1,25 +1,33 @@
-"""Work on a finished run without DeepSpeed: rebuild its model, re-evaluate it, export it.
+"""Work on a finished run: rebuild its model, re-evaluate it, export it.
 
 The model is rebuilt exactly as the run built it (load -> quantize -> apply method) from <run_dir>/config.yaml,
 then the trained weights (<run_dir>/final/trainable.safetensors) are copied in by name. Export runs the run's
-export stages (tuneforge/export/) on it.
+export stages (tuneforge/export/) on it; a stage that trains (retune) gets `retrain` as `ctx.train`: the
+runner's own loop (DeepSpeed, one rank in this process) around the stage's model.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
 
 from tuneforge import registry
 from tuneforge.config.compose import run_export_stages
 from tuneforge.config.run import Run
 from tuneforge.data.encode import encode
+from tuneforge.errors import RunError
 from tuneforge.export.base import ExportContext, run_stages
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext
 from tuneforge.runner import evaluate
 from tuneforge.runner.model import build
 from tuneforge.runner.objective import CausalLM
+from tuneforge.runner.runner import Runner
 from tuneforge.runner.weights import FILE, load_named
 
 
@@ -60,5 +68,51 @@ def export_run(run_dir: Path, overrides: list[str] = (), log=None) -> Path:
     out = Path(run_dir) / "export"
     for variant in method.variants() or [None]:
         dest = out if variant is None else out / variant
-        run_stages(model, stages, ExportContext(method, specs, tok, dest, variant, log))
+        train = functools.partial(retrain, run)
+        run_stages(model, stages, ExportContext(method, specs, tok, dest, variant, log, train))
     return out
+
+
+class Retrain(Runner):
+    """The runner's phases around a model built elsewhere (an export stage's), `method` deciding what trains.
+    No checkpoint and no final weights: the stage owns the result. The engine is released at the end, so the
+    model goes back to the stage as an ordinary module."""
+
+    def __init__(self, run: Run, model, method):
+        super().__init__(run)
+        self.given = (model, method)
+
+    def make_model(self):
+        return self.given
+
+    def save(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        if getattr(self, "engine", None) is not None and self.engine.ds is not None:
+            self.engine.release()
+        super().teardown()
+
+
+def retrain(run: Run, model, method, changes: dict, out: Path) -> dict:
+    """Train `model` (its trainable set and hooks: `method`) in this process with the run's config changed by
+    `changes`, as one rank with the run's global batch (grad_accum x ranks), ZeRO-3 as ZeRO-2 (one rank has
+    nothing to partition, and the model must come back whole), evaluating before and after. Writes the log,
+    metrics and summary.json in `out`; returns the summary."""
+    cfg = copy.deepcopy(run.cfg)
+    t, zero = run.specs["trainer"], run.specs["zero"]
+    fixed = {"trainer.nproc": 1, "launcher.nnodes": 1, "trainer.grad_accum": t.grad_accum * run.world_size,
+             "trainer.resume": "none", "trainer.save_every": 0, "trainer.eval_at_start": True}
+    if zero.stage == 3:
+        fixed.update({"zero.stage": 2, "zero.offload_param": "none"})
+    for key, value in {**changes, **fixed}.items():
+        OmegaConf.update(cfg, key, value)
+    sub = Run.of(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    sub.set_run_dir(out.absolute())
+    with torch.enable_grad():
+        code = Retrain(sub, model, method).run()
+    summary = json.loads((out / "summary.json").read_text())
+    if code != 0:
+        raise RunError(f"re-tuning failed ({summary.get('status')}: {summary.get('error')}); log in {out}")
+    return summary

@@ -172,14 +172,18 @@ class Runner:
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)
-        ctx = MethodContext(seed=self.t.seed, tokenizer=self.tok, train_samples=self.data.samples,
-                            run_dir=self.run_dir, specs=self.specs, log=self.console.print)
-        model, self.method = build_lm(self.specs, self.tok, ctx, zero3=self.zero3)
+        model, self.method = self.make_model()
         self.objective = CausalLM(model)
         n_train, n_all = count(model)
         self.counts = {"trainable_params": n_train, "total_params": n_all}
         self.console.print(f"model: {type(model).__name__} {n_all / 1e6:.1f}M params, {n_train / 1e6:.2f}M trainable "
                            f"({100 * n_train / max(n_all, 1):.2f}%) peft={self.specs['peft'].name}")
+
+    def make_model(self):
+        """(model, tuning method): load -> quantize -> apply the method -> precision."""
+        ctx = MethodContext(seed=self.t.seed, tokenizer=self.tok, train_samples=self.data.samples,
+                            run_dir=self.run_dir, specs=self.specs, log=self.console.print)
+        return build_lm(self.specs, self.tok, ctx, zero3=self.zero3)
 
     def build_engine(self) -> None:
         ckpt = checkpoint.resolve(self.t.resume, self.run_dir, self.console)

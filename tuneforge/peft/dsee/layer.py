@@ -1,8 +1,14 @@
 """A DSEE linear: h = W0 x + (s U V + S) x, S sparse with a fixed support of N entries (indices in a buffer,
-values trainable)."""
+values trainable); and the three rules that choose the support (`support`):
+
+    grebsmo    (default) the reference's GreBsmo decomposition of the pretrained weight, rank growing (`grebsmo`)
+    residual   a fixed-rank low-rank + sparse decomposition (`decompose`; tuneforge's rule before issue 10)
+    magnitude  the N largest |W|
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -12,11 +18,70 @@ from torch import nn
 from tuneforge.peft.adapters import AdapterLinear
 
 EXACT_SVD = 1024
+GREBSMO_INNER = 2  # bilateral-projection sweeps per rank (the reference's `for _ in range(2)`)
+SMALL = 1 << 16  # CPU matrices up to this many entries are decomposed on one thread
+
+
+@contextlib.contextmanager
+def one_thread_if_small(w: torch.Tensor):
+    """GreBsmo on a small CPU matrix is hundreds of tiny QRs and products: waking CPU threads for each costs more
+    than it saves (128 x 64, 100 increments: 0.18 s on one thread, 4-14 s on two of a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    small = w.device.type == "cpu" and w.numel() <= SMALL and threads > 1
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def grebsmo(w: torch.Tensor, n: int, iters: int, step: int, tau: float, seed: int):
+    """The DSEE reference's support rule (VITA-Group/DSEE run_glue.py, `sparse_method == 'grebsmo'`): a GreBsmo
+    low-rank + sparse decomposition W ~ U V + S (Zhou & Tao 2013) whose rank grows greedily. With V_0 ~ N(0, 1)
+    of shape 1 x n and rank r_t = 1 + step * t, for t = 0 .. iters-1:
+
+        S <- 0;  GREBSMO_INNER times:   U = qr((W - S) V^T).Q              (left bilateral projection)
+                                         V = U^T (W - S)                    (least squares V given U)
+                                         S = H_tau(W - U V)                 (hard threshold: |x| < tau -> 0)
+        E = W - U V - S                                                      (the entries of W - U V below tau)
+        V <- [V; R_step(E)],  R_step(E) = the first `step` rows of R in E = Q R   (greedy rank increment)
+
+    Omega = the N largest |W - U V| of the last sweep. That is the reference's N largest |S| whenever S has at
+    least N nonzeros (thresholding keeps the order above tau); with fewer (small-valued or narrow matrices: tiny
+    random models end with S = 0) the reference would select every entry, this the N entries nearest to being
+    kept.
+
+    R_step(E) is computed as Q_step^T E with Q_step = qr(E[:, :step]).Q (Householder QR: the first `step` columns
+    of Q depend on the first `step` columns of E only): a QR of m x step instead of m x n per increment, the
+    same rows in exact arithmetic. The rank stops growing at min(m, n) - 1 (apply.py's docstring says why).
+    fp32, on w's device. Returns (sorted flat indices of Omega, S, final rank of U V)."""
+    m, k = w.shape
+    cap = max(min(m, k) - 1, 1)
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(1, k, generator=gen).to(w.device, w.dtype)
+    for t in range(iters):
+        s = torch.zeros_like(w)
+        for _ in range(GREBSMO_INNER):
+            x = w - s
+            u = torch.linalg.qr(x @ v.T).Q
+            v = u.T @ x
+            r = w - u @ v
+            s = torch.where(r.abs() < tau, 0, r)
+        if t < iters - 1 and v.shape[0] + step <= cap:
+            e = r - s
+            v = torch.cat([v, torch.linalg.qr(e[:, :step]).Q.T @ e])
+            del e
+    index = torch.topk(r.abs().flatten(), min(n, r.numel())).indices.sort().values
+    return index, s, u.shape[1]
 
 
 @torch.no_grad()
 def decompose(w: torch.Tensor, n: int, rank: int, iters: int, seed: int, tol: float = 1e-6):
-    """GreBsmo-style low-rank + sparse decomposition W ~ U V + S, rank(U V) <= rank, |supp(S)| <= n (fp32):
+    """`support=residual`: a fixed-rank low-rank + sparse decomposition W ~ U V + S, rank(U V) <= rank,
+    |supp(S)| <= n (fp32):
 
         min_{U,V,S} ||W - U V - S||_F^2   s.t.  rank(U V) <= k,  card(S) <= N
 
@@ -60,14 +125,19 @@ def decompose(w: torch.Tensor, n: int, rank: int, iters: int, seed: int, tol: fl
 
 
 @torch.no_grad()
-def support(w: torch.Tensor, n: int, how: str, rank: int, seed: int, iters: int = 1) -> torch.Tensor:
-    """Flat indices of the N entries of S: the support of the sparse part of W's low-rank + sparse decomposition
-    (`decompose`, `iters` iterations; on the GPU when there is one), or the largest |W|."""
+def support(w: torch.Tensor, spec, seed: int) -> torch.Tensor:
+    """Sorted flat indices of the `spec.sparse_n` entries of S by the rule `spec.support` (grebsmo, residual or
+    magnitude; a DseeSpec), computed in fp32 on the GPU when there is one."""
     device = "cuda" if torch.cuda.is_available() else w.device
-    w = w.detach().to(device, torch.float32)
-    if how == "residual":
-        return decompose(w, n, rank, iters, seed)[0].cpu()
-    return torch.topk(w.abs().flatten(), min(n, w.numel())).indices.sort().values.cpu()
+    w, n = w.detach().to(device, torch.float32), spec.sparse_n
+    if spec.support == "grebsmo":
+        with one_thread_if_small(w):
+            index = grebsmo(w, n, spec.decomp_iters, spec.decomp_step, spec.decomp_threshold, seed)[0]
+    elif spec.support == "residual":
+        index = decompose(w, n, spec.decomp_rank, spec.decomp_iters, seed)[0]
+    else:
+        index = torch.topk(w.abs().flatten(), min(n, w.numel())).indices.sort().values
+    return index.cpu()
 
 
 class DseeLinear(AdapterLinear):
