@@ -1,34 +1,159 @@
-"""`peft.init=pruned`: initialize the side network from the backbone by structural magnitude pruning
-(arXiv 2206.06522, Sec. 3.2: the side network starts as a pruned copy of the backbone, keeping the rows/columns
-with the largest L1 norm, as in filter pruning, Li et al. 2017).
+"""Side network initialization by structural pruning of the backbone (arXiv 2206.06522, Sec. 3.2: "we initialize
+the side network from the pruned backbone"), in the decoder-only analogue of the authors' `fisher-v2` path
+(ylsung/Ladder-Side-Tuning: seq2seq/pruning/fisher.py `compute_fisher`, seq2seq/pruning/pruning_methods.py
+`pruning_without_residual`, version 2).
 
-Coupled dimensions are pruned together, so the pruned blocks compute a consistent (smaller) function:
-- residual stream: one set of d/r dimensions for the whole side network (importance: L1 norm of every weight
-  row/column that reads or writes the dimension, summed over layers); norms keep those entries;
-- RoPE pairs: one set of head_dim/(2r) frequency pairs (j, j + head_dim/2) for all layers and heads (the side
-  network shares one rotary embedding, whose frequencies become the kept pairs' backbone frequencies);
-- values: per layer, head_dim/r dimensions shared by every head; MLP: per layer, d_ff/r hidden units.
-tuneforge's own choice: the ladders start as the selections of the kept residual dimensions (down_i(h) = h[kept]),
-so the pruned blocks read the coordinates they were pruned for.
+Importance of every backbone weight entry w (`peft.init=fisher`, the default), over N training samples x_n taken
+one at a time (the reference: batch size 1, shuffled, `samples_for_fisher`, default 1024; here
+`peft.fisher_samples`):
+
+    F(w) = sum_n ( d loss(x_n) / d w )^2          (empirical Fisher information, "label" sampling, squared grads)
+
+where loss(x_n) is the sample's own training loss (mean cross-entropy over its trained tokens). `peft.init=
+magnitude` uses |w| instead (the reference's non-Fisher path prunes by the weights themselves). The side network
+then keeps, with `top_k(score)` the k largest entries of a score vector and every score an L1 (here: a sum, all
+scores being >= 0) over the inputs that are kept:
+
+    residual dims  (d/r, one set):   sum over kept layers of every score reading (q, k, v, gate, up columns) or
+                                     writing (o, down rows) that dimension
+    RoPE pairs     (hd/2r, one set): sum over kept layers of P_q(j) * P_k(j), P(j) = the scores of rows (head, j)
+                                     and (head, j + hd/2) of every head, at the kept residual columns
+    value dims     (hd/r, per layer): the v rows' scores of every KV head, at the kept residual columns
+    MLP units      (d_ff/r, per layer): sum over the kept columns of F_gate * F_up (entrywise product)
+
+Where this follows the reference, line by line:
+- F is the sum over samples of squared per-sample gradients of the training loss (`calculate_the_importance_label`,
+  grad_type "square", batch size 1, the first N samples of a shuffled training set);
+- a group of linears that share their output units is scored by the entrywise product of its members' scores
+  (q * k * v there; gate * up for the Llama MLP, q, k per RoPE pair here), then the L1 over the kept inputs
+  (`L1Strategy` on `prod_imp` after `select_weights(..., previous idxs)`); the group's consumer (o for v, down for
+  gate/up) keeps the matching input columns; norms keep the entries of the kept dimensions; one cut to 1/r
+  (version 2: a single pruning step, `prune_vals = [1 - 1/r]`).
+Where it departs, and why:
+- residual stream: the reference picks the first set from the embedding's Fisher and then a new set after every
+  linear, ignoring the residual additions ("without_residual"); a Llama block adds its o/down outputs into the
+  residual stream it reads, so the side network keeps ONE set of residual dimensions for all blocks, scored by
+  every weight that reads or writes it, and the pruned blocks compute a consistent smaller function (with r=1
+  they recompute the backbone exactly);
+- attention rows: T5 has no rotary embedding, so the reference picks q/k/v rows freely; here q/k keep whole RoPE
+  pairs at the same positions in every head (the side network shares one rotary embedding, whose frequencies
+  become the kept pairs' backbone frequencies), v keeps hd/r dimensions shared by every head; with grouped-query
+  attention q and k differ in shape, so their pair scores multiply after the sum over heads;
+- only the kept layers (layer dropping) are scored and copied (the reference prunes every block, then loads
+  the kept ones);
+- ladders and up-projection (tuneforge's own choice; the reference leaves them at nn.Linear's random init): the
+  ladders start as the selections of the kept residual dimensions, down(h) = h[kept], so the pruned blocks read
+  the coordinates they were pruned for; with output=side, `up` starts as the matching scatter back to d, so with
+  r=1 and closed gates (mu = 0) the LM head reads exactly the backbone's final hidden state (with output=residual,
+  `up` starts at zero); biases start at zero;
+- Qwen3's per-head q/k norms are not pruned (they start at ones).
 """
 
 from __future__ import annotations
 
-import torch
+import time
 
+import torch
+import torch.nn.functional as F
+
+from tuneforge.data.batching import packed_attention_mask
+from tuneforge.data.encode import IGNORE
 from tuneforge.peft.lst.layer import head_dim
+
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def key(i: int, linear: str) -> str:
+    """Score name of layer i's linear weight (its name inside `decoder.layers`)."""
+    return f"{i}.{linear}.weight"
+
+
+def magnitude_scores(decoder, layers: list[int]) -> dict[str, torch.Tensor]:
+    return {key(i, m): decoder.layers[i].get_submodule(m).weight.detach().abs().float() for i in layers for m in LINEARS}
+
+
+def sample_loss(decoder, head, sample) -> torch.Tensor:
+    """One sample's training loss: mean next-token cross-entropy over its trained tokens."""
+    device = next(decoder.parameters()).device
+    ids = torch.tensor([sample.input_ids], device=device)
+    target = torch.tensor([sample.labels[1:]], device=device)
+    pos, mask = None, None
+    if sample.segments is not None:  # a packed sequence: positions restart and attention stays within each sample
+        pos = torch.tensor([sample.position_ids], device=device)
+        sdpa = getattr(decoder.config, "_attn_implementation", "sdpa") == "sdpa"
+        mask = packed_attention_mask(torch.tensor([sample.segments], device=device), None if sdpa else head.weight.dtype)
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    keep = target != IGNORE
+    return F.cross_entropy(head(hidden[:, :-1][keep]).float(), target[keep])
+
+
+def fisher_scores(model, samples, layers: list[int], log=None) -> dict[str, torch.Tensor]:
+    """F(w) = sum over `samples` (one at a time) of the squared gradient of the sample's loss, for the linear
+    weights of the backbone layers `layers` (fp32). Only those weights require grad meanwhile; each gradient is
+    squared into its accumulator as soon as it is complete and then freed, so memory is one accumulator per
+    weight. `model`: the plain causal LM (before the side network is attached)."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    params = {key(i, m): decoder.layers[i].get_submodule(m).weight for i in layers for m in LINEARS}
+    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+
+    def square_into(n):
+        def hook(p):
+            acc[n].add_(p.grad.float().square())
+            p.grad = None
+        return hook
+
+    handles = [p.register_post_accumulate_grad_hook(square_into(n)) for n, p in params.items()]
+    was_training = model.training
+    t0, every = time.time(), max(1, len(samples) // 5)
+    try:
+        model.eval()
+        for p in flags:
+            p.requires_grad_(False)
+        for p in params.values():
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for n, sample in enumerate(samples, 1):
+                sample_loss(decoder, head, sample).backward()
+                if log and (n % every == 0 or n == len(samples)):
+                    log(f"lst: Fisher information {n}/{len(samples)} samples ({time.time() - t0:.1f}s)")
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+    return acc
 
 
 def top(score: torch.Tensor, k: int) -> torch.Tensor:
     return score.topk(k).indices.sort().values
 
 
-def col_l1(w):  # importance of each input dimension
-    return w.abs().sum(0)
+def select(config, scores: dict[str, torch.Tensor], r: int, layers: list[int]) -> dict:
+    """The kept residual dimensions, RoPE pairs, and per kept layer value dimensions and MLP units (JSON-able)."""
+    hd, nh, nkv = head_dim(config), config.num_attention_heads, config.num_key_value_heads
 
+    def s(i, m):
+        return scores[key(i, m)]
 
-def row_l1(w):  # importance of each output dimension
-    return w.abs().sum(1)
+    reads, writes = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"), \
+        ("self_attn.o_proj", "mlp.down_proj")
+    residual = top(sum(sum(s(i, m).sum(0) for m in reads) + sum(s(i, m).sum(1) for m in writes) for i in layers),
+                   config.hidden_size // r)
+
+    def pair(w, heads):  # rows (head, j) and (head, j + hd/2) of every head, at the kept columns
+        return w[:, residual].reshape(heads, 2, hd // 2, -1).sum((0, 1, 3))
+
+    pairs = top(sum(pair(s(i, "self_attn.q_proj"), nh) * pair(s(i, "self_attn.k_proj"), nkv) for i in layers),
+                hd // (2 * r))
+    values = [top(s(i, "self_attn.v_proj")[:, residual].reshape(nkv, hd, -1).sum((0, 2)), hd // r) for i in layers]
+    units = [top((s(i, "mlp.gate_proj")[:, residual] * s(i, "mlp.up_proj")[:, residual]).sum(1),
+                 config.intermediate_size // r) for i in layers]
+    return {"layers": list(layers), "residual": residual.tolist(), "rope_pairs": pairs.tolist(),
+            "values": [v.tolist() for v in values], "mlp_units": [u.tolist() for u in units]}
 
 
 def head_rows(w: torch.Tensor, heads: int, hd: int, dims: torch.Tensor) -> torch.Tensor:
@@ -37,39 +162,37 @@ def head_rows(w: torch.Tensor, heads: int, hd: int, dims: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def init_from_backbone(side, decoder, r: int) -> None:
+def init_from_backbone(side, decoder, sel: dict) -> None:
+    """Copy the selected sub-matrices of the backbone's kept layers into the side network (see the module doc)."""
     cfg = decoder.config
     hd, nh, nkv = head_dim(cfg), cfg.num_attention_heads, cfg.num_key_value_heads
-    d = cfg.hidden_size
-    layers = [(b.self_attn, b.mlp) for b in decoder.layers]
-    keep = top(sum(col_l1(a.q_proj.weight) + col_l1(a.k_proj.weight) + col_l1(a.v_proj.weight) + row_l1(a.o_proj.weight)
-                   + col_l1(m.gate_proj.weight) + col_l1(m.up_proj.weight) + row_l1(m.down_proj.weight)
-                   for a, m in layers), d // r)
-
-    def pairs(w, heads):  # importance of each RoPE pair j: rows (head, j) and (head, j + hd/2) of every head
-        return w.abs().view(heads, 2, hd // 2, -1).sum((0, 1, 3))
-
-    kept_pairs = top(sum(pairs(a.q_proj.weight, nh) + pairs(a.k_proj.weight, nkv) for a, _ in layers), hd // (2 * r))
-    rope = torch.cat([kept_pairs, kept_pairs + hd // 2])
-    side.rotary_emb.inv_freq.copy_(decoder.rotary_emb.inv_freq[kept_pairs])
+    keep = torch.tensor(sel["residual"])
+    pairs = torch.tensor(sel["rope_pairs"])
+    rope = torch.cat([pairs, pairs + hd // 2])
+    side.rotary_emb.inv_freq.copy_(decoder.rotary_emb.inv_freq[pairs])
     side.rotary_emb.original_inv_freq.copy_(side.rotary_emb.inv_freq)
+    rows = torch.arange(len(keep))
     for down in side.downs:
         down.weight.zero_()
-        down.weight[torch.arange(len(keep)), keep] = 1.0
+        down.weight[rows, keep] = 1.0
+        down.bias.zero_()
+    side.up.weight.zero_()
+    side.up.bias.zero_()
+    if side.output == "side":
+        side.up.weight[keep, rows] = 1.0
     side.norm.weight.copy_(decoder.norm.weight[keep])
-    for (a, m), block, src in zip(layers, side.layers, decoder.layers):
-        sa, sm = block.self_attn, block.mlp
-        vals = top(row_l1(a.v_proj.weight).view(nkv, hd).sum(0) + col_l1(a.o_proj.weight).view(nh, hd).sum(0), hd // r)
+    for i, vals, units, block in zip(sel["layers"], sel["values"], sel["mlp_units"], side.layers):
+        src = decoder.layers[i]
+        a, m, sa, sm = src.self_attn, src.mlp, block.self_attn, block.mlp
+        vals, units = torch.tensor(vals), torch.tensor(units)
         for dst, w, heads, dims in ((sa.q_proj, a.q_proj, nh, rope), (sa.k_proj, a.k_proj, nkv, rope),
                                     (sa.v_proj, a.v_proj, nkv, vals)):
             dst.weight.copy_(head_rows(w.weight, heads, hd, dims)[:, keep])
             if w.bias is not None:
                 dst.bias.copy_(head_rows(w.bias[:, None], heads, hd, dims)[:, 0])
         sa.o_proj.weight.copy_(a.o_proj.weight[keep].view(len(keep), nh, hd)[:, :, vals].reshape(len(keep), -1))
-        hidden = top(row_l1(m.gate_proj.weight) + row_l1(m.up_proj.weight) + col_l1(m.down_proj.weight),
-                     m.gate_proj.weight.shape[0] // r)
-        sm.gate_proj.weight.copy_(m.gate_proj.weight[hidden][:, keep])
-        sm.up_proj.weight.copy_(m.up_proj.weight[hidden][:, keep])
-        sm.down_proj.weight.copy_(m.down_proj.weight[keep][:, hidden])
+        sm.gate_proj.weight.copy_(m.gate_proj.weight[units][:, keep])
+        sm.up_proj.weight.copy_(m.up_proj.weight[units][:, keep])
+        sm.down_proj.weight.copy_(m.down_proj.weight[keep][:, units])
         for norm in ("input_layernorm", "post_attention_layernorm"):
             getattr(block, norm).weight.copy_(getattr(src, norm).weight[keep])
