@@ -129,7 +129,8 @@ class Lst(TuningMethod):
             random.Random(ctx.seed).shuffle(pool)
             samples = pool[: s.fisher_samples]
             log(f"lst: Fisher information on {len(samples)} training samples, {len(layers)} layers")
-            sel = select(decoder.config, fisher_scores(base, samples, layers, log), s.reduction, layers)
+            device = "cuda" if torch.cuda.is_available() else None  # as the reference: on the GPU if there is one
+            sel = select(decoder.config, fisher_scores(base, samples, layers, log, device), s.reduction, layers)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps(sel))
