@@ -5,8 +5,7 @@ equations and line-by-line correspondence in `layer.py` and `prune.py`).
 A side network of the backbone's own block type, r times narrower (`peft.reduction`, paper: r = 8), reads the
 frozen backbone's layer outputs through learned down-projections ("ladders") mixed by gates
 mu_k = sigmoid(alpha_k / T) (T = `peft.temperature`, paper: 0.1). As in the paper (the authors' merge_last=False),
-the LM head reads the side network's up-projected output (`peft.output=side`); `peft.output=residual` adds it to
-the backbone's final hidden state instead (tuneforge's earlier form). The backbone runs under torch.no_grad():
+the LM head reads the side network's up-projected output. The backbone runs under torch.no_grad():
 nothing of it is kept for backward, which is LST's memory advantage over adapters/LoRA (whose gradients must flow
 back through every backbone layer). Trained: ladders, gates, side blocks, side norm, up-projection.
 
@@ -72,7 +71,7 @@ def attach(model: nn.Module, spec: LstSpec, seed: int = 0, selection: dict | Non
         p.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        side = SideNetwork(decoder, spec.reduction, spec.temperature, spec.gate_init, layers, spec.output)
+        side = SideNetwork(decoder, spec.reduction, spec.temperature, spec.gate_init, layers)
     if selection is not None:
         init_from_backbone(side, decoder, selection)
     side.to(next(decoder.parameters()).device)
@@ -157,7 +156,7 @@ class Lst(TuningMethod):
         s = self.spec
         (path / "lst.json").write_text(json.dumps({
             "peft": "lst", "reduction": s.reduction, "temperature": s.temperature, "gate_init": s.gate_init,
-            "output": s.output, "init": s.init, "side_layers": side.layer_ids, "arxiv": "2206.06522"}, indent=2))
+            "init": s.init, "side_layers": side.layer_ids, "arxiv": "2206.06522"}, indent=2))
 
     @staticmethod
     def load_export(base: nn.Module, out: Path) -> nn.Module:
@@ -167,13 +166,11 @@ class Lst(TuningMethod):
         path = Path(out) / EXPORT_DIR
         meta = json.loads((path / "lst.json").read_text())
         state = load_file(str(path / "side.safetensors"))
-        if ROPE_KEY not in state and meta.get("init", "random") != "random":
-            raise InputError([f"{path} was exported before LST stored its pruned rotary frequencies: re-export the "
-                              "run (`tuneforge export run_dir=...`)"])
+        if "side_layers" not in meta:
+            raise InputError([f"{path} was exported by an earlier LST (the LM head read the backbone's hidden state "
+                              "plus the side output): it does not load into this one"])
         spec = LstSpec(reduction=meta["reduction"], temperature=meta["temperature"], gate_init=meta["gate_init"],
-                       output=meta.get("output", "residual"), side_layers=meta.get("side_layers", []),
-                       drop_every=0 if "side_layers" not in meta else LstSpec.drop_every,
-                       init="random")  # every weight comes from the file, the rotary frequencies too
+                       side_layers=meta["side_layers"], init="random")  # every weight (and RoPE) comes from the file
         model = attach(base, spec)
         side = side_of(model)
         with torch.no_grad():

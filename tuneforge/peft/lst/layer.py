@@ -7,9 +7,11 @@ backbone's embedding output and h^B_i the output of backbone layer i (before the
 
     h^S_0 = down_0(h^B_e)
     h^S_k = block^S_k( mu_k * down_k(h^B_{i_k}) + (1 - mu_k) * h^S_{k-1} ),   mu_k = sigmoid(alpha_k / T),  k = 1..K
-    output=side      (the paper; the authors' merge_last=False):  LM head reads  up(norm^S(h^S_K))
-    output=residual  (tuneforge's earlier form, kept as an option): LM head reads  h^B_L + up(norm^S(h^S_K))
-                     where h^B_L is the backbone's final (normed) hidden state and `up` starts at zero.
+    the LM head reads  up(norm^S(h^S_K))              (the paper; the authors' default merge_last=False)
+
+tuneforge's earlier form, h^B_L + up(norm^S(h^S_K)) (a residual correction of the backbone's final hidden state,
+`up` starting at zero), was measured against this one on the quickstart task (bench/RESULTS.md, 2026-12-06): its
+eval loss was worse at every learning rate tried (1.33-1.37 vs 1.15-1.20), so it was removed.
 
 Where this follows the reference, line by line:
 - one down-projection for the embeddings (`side_first_downsample`) and one per kept layer (`side_downsamples[i]`),
@@ -81,12 +83,10 @@ def side_config(config, r: int, layers: list[int]):
 
 
 class SideNetwork(nn.Module):
-    def __init__(self, decoder: nn.Module, r: int, temperature: float, gate_init: float, layers: list[int],
-                 output: str = "side"):
+    def __init__(self, decoder: nn.Module, r: int, temperature: float, gate_init: float, layers: list[int]):
         super().__init__()
         self.config = cfg = side_config(decoder.config, r, layers)
         self.layer_ids = list(layers)  # side block k reads backbone layer layer_ids[k]
-        self.output = output
         d, ds, k = decoder.config.hidden_size, cfg.hidden_size, len(layers)
         self.downs = nn.ModuleList(nn.Linear(d, ds) for _ in range(k + 1))  # the ladders (0: the embeddings)
         self.alpha = nn.Parameter(torch.full((k,), float(gate_init)))
@@ -94,9 +94,6 @@ class SideNetwork(nn.Module):
         self.norm = type(decoder.norm)(ds, eps=cfg.rms_norm_eps)
         self.rotary_emb = type(decoder.rotary_emb)(config=cfg)
         self.up = nn.Linear(ds, d)
-        if output == "residual":  # h^B_L + up(...) with up = 0: training starts from the pretrained model
-            nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
         self.temperature = temperature
 
     def forward(self, embeds, ladder_inputs, attention_mask, position_ids, cache, use_cache):
@@ -118,7 +115,7 @@ class SideNetwork(nn.Module):
 class LadderDecoder(nn.Module):
     """Stands where the model's decoder stood (`model.model` for Llama): the frozen backbone runs without
     autograd, the side network on its layer outputs; the LM head reads the side network's up-projected output
-    (output=side) or its sum with the backbone's final hidden state (output=residual). Generation works: the
+    (the backbone's own final hidden state is not used). Generation works: the
     side blocks keep their own key/value cache, attached to the backbone's cache object (greedy/sampling
     decoding; beam search would not reorder it)."""
 
@@ -179,5 +176,4 @@ class LadderDecoder(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         side = self.side(embeds, ladder_inputs, attention_mask, position_ids, side_cache, use_cache)
-        hidden = side if self.side.output == "side" else out.last_hidden_state + side
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=out.past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=side, past_key_values=out.past_key_values)

@@ -45,9 +45,8 @@ Where it departs, and why:
   the kept ones);
 - ladders and up-projection (tuneforge's own choice; the reference leaves them at nn.Linear's random init): the
   ladders start as the selections of the kept residual dimensions, down(h) = h[kept], so the pruned blocks read
-  the coordinates they were pruned for; with output=side, `up` starts as the matching scatter back to d, so with
-  r=1 and closed gates (mu = 0) the LM head reads exactly the backbone's final hidden state (with output=residual,
-  `up` starts at zero); biases start at zero;
+  the coordinates they were pruned for, and `up` starts as the matching scatter back to d, so with r=1 and closed
+  gates (mu = 0) the LM head reads exactly the backbone's final hidden state; biases start at zero;
 - Qwen3's per-head q/k norms are not pruned (they start at ones).
 """
 
@@ -208,8 +207,7 @@ def init_from_backbone(side, decoder, sel: dict) -> None:
         down.bias.zero_()
     side.up.weight.zero_()
     side.up.bias.zero_()
-    if side.output == "side":
-        side.up.weight[keep, rows] = 1.0
+    side.up.weight[keep, rows] = 1.0
     side.norm.weight.copy_(decoder.norm.weight[keep])
     for i, vals, units, block in zip(sel["layers"], sel["values"], sel["mlp_units"], side.layers):
         src = decoder.layers[i]

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 
 from tuneforge.config.spec import Caps, Spec, knob, one_of, positive
 
-OUTPUTS = ("side", "residual")
 INITS = ("fisher", "magnitude", "random")
 
 
@@ -14,9 +13,6 @@ class LstSpec(Spec):
     reduction: int = knob(8, "r: the side network's widths (hidden, MLP, head dim) are the backbone's divided by r")
     temperature: float = knob(0.1, "T of the ladder gates mu_i = sigmoid(alpha_i / T) (the paper uses 0.1)")
     gate_init: float = knob(0.0, "alpha_i at init (0: mu_i = 0.5, backbone ladder and side path mixed equally)")
-    output: str = knob("side", "what the LM head reads: side (the paper: up(norm(side output)) alone) or residual "
-                               "(the backbone's final hidden state + up(norm(side output)); up starts at zero, so "
-                               "training starts from the pretrained model)")
     init: str = knob("fisher", "side blocks start as the backbone pruned by Fisher information on training samples "
                                "(fisher, the authors' fisher-v2), by weight magnitude (magnitude), or random")
     fisher_samples: int = knob(64, "training samples (one at a time) whose squared gradients sum to the Fisher "
@@ -27,7 +23,7 @@ class LstSpec(Spec):
                                       "use drop_every)")
 
     def problems(self):
-        out = positive(self, "reduction", "temperature", "fisher_samples") + one_of(self, "output", OUTPUTS)
+        out = positive(self, "reduction", "temperature", "fisher_samples")
         if self.init == "pruned":
             out.append("init=pruned was renamed: use init=fisher (the paper's pruning) or init=magnitude (by weight "
                        "magnitude, the earlier default)")
