@@ -84,7 +84,9 @@ class Corda(Lora):
         config = self.lora_config(model, init_lora_weights="corda", corda_config=CordaConfig(
             corda_method=s.mode, cache_file=str(cache) if cache else None, verbose=False))
         log = ctx.log or (lambda *_: None)
-        if cache is not None and cache.exists():
+        # rank 0's view, taken before it writes the cache: every rank then takes the same branch (a rank that saw
+        # the file rank 0 had just written would skip the barrier rank 0 waits at)
+        if cache is not None and dist.broadcast_object(cache.exists()):
             log(f"corda: decomposition from cache {cache}")
             preprocess_corda(model, config)
         else:

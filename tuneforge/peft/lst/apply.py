@@ -116,7 +116,7 @@ class Lst(TuningMethod):
         if s.init == "magnitude":
             return select(decoder.config, magnitude_scores(decoder, layers), s.reduction, layers)
         cache = Path(ctx.run_dir) / EXPORT_DIR / f"fisher_{self.fingerprint(ctx)}.json" if ctx.run_dir else None
-        if cache is not None and cache.is_file():
+        if cache is not None and dist.broadcast_object(cache.is_file()):  # rank 0's view: one branch for all ranks
             log(f"lst: pruning selection from cache {cache}")
             return json.loads(cache.read_text())
         if not ctx.train_samples:
