@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/tuneforge train
 
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 lint: setup
 	$(VENV)/bin/ruff check tuneforge tests bench scripts
