@@ -12,7 +12,8 @@ Tuning methods (peft):
 - whole_weights_in_training (why): its own layers read and write whole    no ZeRO-3 at all; no quantized base
   base weight matrices in every step
 - trains_base_weights: the base model's own weights are trained           no quantized base
-- needs_quantized_base (the quant option to add)                          needs a quant option with quantized_base;
+- needs_quantized_base (the quant option to add)                          needs a quant option with quantized_base
+                                                                           whose trained_with names this method;
                                                                            any method without it is refused one
 - carries_optimizer_state (when): per-parameter optimizer state moves     8-bit states only at ZeRO-0 with fp32
   across engine rebuilds                                                  weights; no NVMe offload
@@ -107,7 +108,11 @@ def _quant_problems(specs: dict) -> list[str]:
                     f"{mc.fix or 'use another peft method'} (quant={q.name})"]
         return []
     if mc.needs_quantized_base:
-        return []
+        if qc.trained_with == f"peft={m.name}":
+            return []
+        return [f"peft={m.name} with quant={q.name}: peft={m.name} trains {mc.needs_quantized_base} bases, and "
+                f"{qc.quantized_base} quant={q.name} bases are trained with {qc.trained_with}: use "
+                f"{mc.needs_quantized_base}, or {qc.trained_with}"]
     trained_with = f"{qc.quantized_base} bases are trained with {qc.trained_with}"
     whole = mc.whole_weights_at_build or mc.whole_weights_in_training
     if whole:

@@ -11,7 +11,7 @@ from tuneforge.peft.base import MethodContext
 def build(specs: dict, tok, ctx: MethodContext, zero3: bool = False):
     """(model, tuning method) for the given specs."""
     quant = registry.build("quant", specs["quant"])
-    quant.compute_dtype = specs["precision"].compute
+    quant.compute_dtype, quant.ctx = specs["precision"].compute, ctx
     model = load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(tok), load_kwargs=quant.load_kwargs())
     if specs["model"].gradient_checkpointing:
         enable_gradient_checkpointing(model, zero3)

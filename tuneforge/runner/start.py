@@ -28,6 +28,7 @@ def preflight(run: Run) -> None:
     config = peek_config(specs["model"]) if not problems else None
     if config is not None:
         problems += registry.entry("peft", specs["peft"].name).builder.check_model(specs["peft"], config)
+        problems += registry.entry("quant", specs["quant"].name).builder.check_model(specs["quant"], config)
     if run.cfg.deepspeed and not Path(run.cfg.deepspeed).is_file():
         problems.append(f"deepspeed={run.cfg.deepspeed}: file not found")
     try:
