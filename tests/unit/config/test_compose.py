@@ -19,6 +19,8 @@ NEEDS = {
     ("peft", "mtlora"): ["data.ops=[+,-]", "data.tasks=[add,sub]"],  # multi-task data
     ("peft", "qlora"): ["quant=nf4"],  # QLoRA = LoRA on a 4-bit base (a cross-axis check)
     ("quant", "nf4"): ["peft=qlora"],
+    ("peft", "e2e_qp"): ["quant=efficientqat"],  # E2E-QP trains the step sizes of an EfficientQAT base
+    ("quant", "efficientqat"): ["peft=e2e_qp"],
     **{("data", n): [f"data.path=pkg://tuneforge/data/examples/{n}.{'txt' if n == 'text' else 'jsonl'}"]
        for n in ("jsonl", "alpaca", "sharegpt", "chat", "qa", "text")},
 }
