@@ -69,6 +69,10 @@ ROWS: dict[str, Row] = {
                          "peft.warmup=0", "peft.grow_every=1"], r"\.lora_[ABLU]$"),
     "dsee": Row(["peft=dsee", "peft.r=4", "peft.sparse_n=16"], r"\.(lora_[AB]|sparse_values)$"),
     "lst": Row(["peft=lst"], r"\.side\.", merges=False, hf_export=False),
+    # EfficientQAT's E2E-QP on a Block-AP base (4 windows of 32 tokens); merged: the fake-quantized HF model. Its
+    # 2-rank run is left out to keep the suite's time (the GPTQ export is tested in tests/unit/quant)
+    "e2e_qp": Row(["peft=e2e_qp", "quant=efficientqat", "quant.group_size=64", "quant.seqlen=32", "quant.samples=4",
+                   "quant.val_samples=0", "quant.epochs=1"], r"\.scales$", zero2=False),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]
