@@ -91,6 +91,27 @@ def test_block_ap_beats_round_to_nearest_on_one_block():
     assert mse_bap < 0.95 * mse_rtn, (mse_bap, mse_rtn)
 
 
+def test_block_ap_resumes_from_its_cached_blocks(tmp_path):
+    """Each finished block is saved; a second calibration loads the saved ones and recomputes only the missing
+    block, to the same bits (its inputs come from the loaded blocks)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.quant.efficientqat import block_ap
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    spec = build_specs(compose(TINY))["quant"]
+    ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    runs, logs = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = block_ap.run(LlamaForCausalLM(cfg), spec, ids, ids[:0], tmp_path, logs.append)
+        runs.append({k: v.clone() for k, v in model.state_dict().items()})
+        (tmp_path / "block_1.safetensors").unlink()
+    assert sum("from cache block_0.safetensors" in line for line in logs) == 1
+    assert runs[0].keys() == runs[1].keys() and all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """(model, method, batch) of quant=efficientqat + peft=e2e_qp, built the way a run builds them."""

@@ -11,7 +11,7 @@ Per quantized linear (out x in, G = in / group_size groups), beside the model's 
     <name>.scales   fp16  [G, out]                the step sizes
     <name>.g_idx    int32 [in]                    group of each input column (i // group_size; desc_act=False)
 config.json carries quantization_config = {quant_method: gptq, bits, group_size, sym: false, desc_act: false,
-checkpoint_format}; quantize_config.json holds the same for GPTQModel. The other tensors keep their dtype.
+checkpoint_format (and `format`, its newer GPTQModel name)}; quantize_config.json holds the same for GPTQModel. The other tensors keep their dtype.
 
 Departure: the step sizes are stored in fp16 (GPTQ's format): an exported model computes with fp16-rounded
 scales, so its logits equal the fake-quantized model's when that model's scales are fp16-representable (the
@@ -83,9 +83,10 @@ def from_gptq(t: dict[str, torch.Tensor], bits: int, group_size: int, fmt: str =
 
 
 def quantization_config(bits: int, group_size: int, fmt: str) -> dict:
+    """`checkpoint_format` is what transformers and older GPTQModel read, `format` what newer GPTQModel reads."""
     return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "sym": False, "desc_act": False,
-            "checkpoint_format": fmt, "true_sequential": True, "static_groups": False, "damp_percent": 0.01,
-            "lm_head": False}
+            "checkpoint_format": fmt, "format": fmt, "pack_dtype": "int32", "true_sequential": True,
+            "static_groups": False, "damp_percent": 0.01, "lm_head": False}
 
 
 @torch.no_grad()
