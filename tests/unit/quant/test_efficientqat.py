@@ -236,6 +236,31 @@ def test_group_size_must_divide_the_linears():
 
 
 @pytest.mark.gpu
+def test_block_ap_on_cuda_matches_the_cpu_reference():
+    """The same calibration with each block trained on CUDA ends at the CPU run's integers (up to rounding ties
+    and float summation order) and close reconstruction."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.models.groupwise import GroupQuantLinear
+    from tuneforge.quant.efficientqat import block_ap
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    spec = build_specs(compose(TINY))["quant"]
+    ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    got = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        got[device] = block_ap.run(LlamaForCausalLM(cfg), spec, ids, ids[:0], None, device=device)
+    pairs = [(a, b) for a, b in zip(got["cpu"].modules(), got["cuda"].modules()) if isinstance(a, GroupQuantLinear)]
+    assert len(pairs) == 14 and all(b.codes.device.type == "cpu" for _, b in pairs)
+    same = sum((a.codes == b.codes).float().mean().item() for a, b in pairs) / len(pairs)
+    assert same > 0.999
+    for a, b in pairs:
+        torch.testing.assert_close(b.scales, a.scales, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
 def test_gptqmodel_loads_the_export_on_gpu(built, tmp_path):
     """The export loads in GPTQModel (where it installs) and gives our CPU loader's logits."""
     gptqmodel = pytest.importorskip("gptqmodel")

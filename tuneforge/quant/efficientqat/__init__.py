@@ -28,8 +28,9 @@ Departures from the reference, and why:
   Block-AP runs unclipped; the issue lists 0.3 as a default, so `clip_grad` defaults to 0.3 (set 0 to match the
   code). 0.3 is also the reference E2E-QP's max_grad_norm (the recipes' optim.grad_clip).
 - Precision: the reference trains blocks under CUDA AMP (fp16 activations, fp32 parameters) and stores the model
-  in fp16; here Block-AP runs in fp32 (CPU has no fast fp16), and the block inputs stay in memory (the
-  reference's --off_load_to_disk is not provided).
+  in fp16; here Block-AP computes in fp32 (CPU has no fast fp16), one block at a time on the run's device (CUDA
+  when the run trains there), and keeps the blocks' inputs and targets in host memory in `store` precision
+  (fp32 by default; fp16 is the reference's; its --off_load_to_disk is not provided).
 - Schedule: the reference reads CosineAnnealingLR.get_lr() after each step (its recursive form, a slightly
   different curve); here the closed form eta_min + (lr - eta_min)(1 + cos(pi t / T)) / 2.
 - The zero point is kept as an integer in [0, 2^N - 1] (the reference rounds and clamps it the same way in the
@@ -74,6 +75,7 @@ class EfficientQAT(Quantizer):
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def apply(self, model):
+        from tuneforge.config.checks import run_device
         from tuneforge.distributed import dist
         from tuneforge.quant.efficientqat import block_ap
 
@@ -96,7 +98,9 @@ class EfficientQAT(Quantizer):
             if len(train) < self.spec.samples:
                 log(f"efficientqat: the data holds {len(train)} calibration windows of {self.spec.seqlen} tokens "
                     f"(quant.samples={self.spec.samples})")
-            model = block_ap.run(model, self.spec, train, val, cache, log)
+            specs = getattr(ctx, "specs", None) or {}
+            device = "cuda" if "trainer" in specs and run_device(specs) == "cuda" else None  # one block at a time
+            model = block_ap.run(model, self.spec, train, val, cache, log, device)
         dist.barrier()
         if cache is not None and not dist.is_main():
             model = block_ap.load(model, self.spec, cache)

@@ -92,7 +92,8 @@ def cosine(lr: float, floor: float, t: int, total: int) -> float:
     return floor + (lr - floor) * (1 + math.cos(math.pi * t / max(total, 1))) / 2
 
 
-def train_block(q: nn.Module, fp_out: list, q_in: list, val: tuple[list, list], kwargs: dict, spec, say) -> None:
+def train_block(q: nn.Module, fp_out: list, q_in: list, val: tuple[list, list], kwargs: dict, spec, say,
+                load=lambda x: x) -> None:
     """Block-AP on one block: AdamW (weight decay 0) on two groups -- step sizes and zero points at quant_lr,
     every other parameter named `weight` (the linears' weights and the norms': the reference's selection) at
     weight_lr -- each on its own cosine schedule down to lr / min_lr_factor, one step per batch."""
@@ -110,7 +111,7 @@ def train_block(q: nn.Module, fp_out: list, q_in: list, val: tuple[list, list], 
     for epoch in range(spec.epochs):
         losses = []
         for x, y in zip(q_in, fp_out):
-            loss = mse(_out(q(x, **kwargs)), y)
+            loss = mse(_out(q(load(x), **kwargs)), load(y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if spec.clip_grad > 0:
@@ -121,13 +122,14 @@ def train_block(q: nn.Module, fp_out: list, q_in: list, val: tuple[list, list], 
                 g["lr"] = cosine(g["base"], g["base"] / spec.min_lr_factor, t, total)
             losses.append(loss.item())
         say(f"epoch {epoch + 1}/{spec.epochs}: recon loss {sum(losses[-64:]) / len(losses[-64:]):.3e}"
-            + (f", val {recon(q, *val, kwargs):.3e}" if val[0] else ""))
+            + (f", val {recon(q, *val, kwargs, load):.3e}" if val[0] else ""))
     opt.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
-def recon(q: nn.Module, q_in: list, fp_out: list, kwargs: dict) -> float:
-    return sum(nn.functional.mse_loss(_out(q(x, **kwargs)), y).item() for x, y in zip(q_in, fp_out)) / len(q_in)
+def recon(q: nn.Module, q_in: list, fp_out: list, kwargs: dict, load=lambda x: x) -> float:
+    return sum(nn.functional.mse_loss(_out(q(load(x), **kwargs)), load(y)).item()
+               for x, y in zip(q_in, fp_out)) / len(q_in)
 
 
 def block_file(cache: Path | None, i: int) -> Path | None:
@@ -148,30 +150,49 @@ def load_block(layer: nn.Module, spec, path: Path) -> nn.Module:
     return q
 
 
-def run(model: nn.Module, spec, train: torch.Tensor, val: torch.Tensor, cache: Path | None, log=None) -> nn.Module:
+def _to(x, dev):
+    if isinstance(x, torch.Tensor):
+        return x.to(dev)
+    return type(x)(_to(v, dev) for v in x) if isinstance(x, (tuple, list)) else x
+
+
+def run(model: nn.Module, spec, train: torch.Tensor, val: torch.Tensor, cache: Path | None, log=None,
+        device: str | None = None) -> nn.Module:
     """Block-AP over every decoder layer of `model`, in place (each nn.Linear inside them becomes a
-    GroupQuantLinear); returns the model. `train`/`val`: token windows [n, seqlen]."""
+    GroupQuantLinear); returns the model. `train`/`val`: token windows [n, seqlen]. Each block trains on
+    `device` (default: the model's) and goes back to the model's device; the blocks' inputs and targets are kept
+    on the model's device in `spec.store` precision and computed with in fp32."""
     from safetensors.torch import save_file
 
     say = log or (lambda *_: None)
     _, layers = decoder_layers(model)
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
+    home = next(model.parameters()).device
+    dev = torch.device(device) if device else home
+    store = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.store]
+
+    def load(x):
+        return x.to(dev, torch.float32)
+
+    def keep(x):
+        return x.detach().to(home, store)
     b = spec.batch_size
-    batches = [w.to(dev) for w in train.split(b)]
-    vbatches = [w.to(dev) for w in val.split(b)] if len(val) else []
+    batches = [w.to(home) for w in train.split(b)]
+    vbatches = [w.to(home) for w in val.split(b)] if len(val) else []
     say(f"efficientqat: Block-AP, {spec.bits}-bit groups of {spec.group_size}, {len(train)} calibration windows "
         f"of {train.shape[1]} tokens (+{len(val)} validation), {spec.epochs} epochs per block, "
         f"{len(layers)} blocks")
     fp_in, kwargs = capture(model, layers, batches + vbatches)
+    fp_in, kwargs = [keep(x) for x in fp_in], _to(kwargs, dev)
     q_in = [x.clone() for x in fp_in]
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for i, layer in enumerate(layers):
+        layer.to(dev)
         with torch.no_grad():  # targets: the full-precision block on full-precision inputs (next block's inputs)
-            fp_in = [_out(layer(x, **kwargs)).detach() for x in fp_in]
+            fp_in = [keep(_out(layer(load(x), **kwargs))) for x in fp_in]
         path = block_file(cache, i)
         if path is not None and path.is_file():
             q = load_block(layer, spec, path)
@@ -179,17 +200,18 @@ def run(model: nn.Module, spec, train: torch.Tensor, val: torch.Tensor, cache: P
         else:
             q = fake_quant_block(layer, spec)
             n = len(batches)
-            rtn = recon(q, q_in[:n], fp_in[:n], kwargs)
+            rtn = recon(q, q_in[:n], fp_in[:n], kwargs, load)
             if spec.epochs > 0:
                 train_block(q, fp_in[:n], q_in[:n], (q_in[n:], fp_in[n:]), kwargs, spec,
-                            lambda text, i=i: say(f"efficientqat: block {i + 1}/{len(layers)} {text}"))
+                            lambda text, i=i: say(f"efficientqat: block {i + 1}/{len(layers)} {text}"), load)
             q = frozen(q)
-            note = f"recon loss {rtn:.3e} (round-to-nearest) -> {recon(q, q_in[:n], fp_in[:n], kwargs):.3e}"
+            note = f"recon loss {rtn:.3e} (round-to-nearest) -> {recon(q, q_in[:n], fp_in[:n], kwargs, load):.3e}"
             if path is not None:
                 save_file({k: v.contiguous() for k, v in q.state_dict().items()}, str(path))
+        q.to(dev)
         with torch.no_grad():
-            q_in = [_out(q(x, **kwargs)).detach() for x in q_in]
-        layers[i] = q
+            q_in = [keep(_out(q(load(x), **kwargs))) for x in q_in]
+        layers[i] = q.to(home)
         say(f"efficientqat: block {i + 1}/{len(layers)}: {note} ({time.time() - t0:.0f}s)")
     model.train(was_training)
     return model

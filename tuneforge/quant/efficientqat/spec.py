@@ -22,6 +22,8 @@ class EfficientQATSpec(Spec):
     weight_lr: float = knob(-1.0, "Block-AP learning rate of the block's weights (-1: the reference's 1e-5, 2e-5 "
                                   "at 2 bits; 0: weights frozen)")
     min_lr_factor: float = knob(20.0, "Block-AP cosine schedule ends at lr / min_lr_factor")
+    store: str = knob("fp32", "precision of the blocks' inputs and targets kept between blocks (fp32, bf16, fp16: "
+                              "half the memory, 2 x samples x seqlen x hidden values; the reference keeps fp16)")
     clip_grad: float = knob(0.3, "Block-AP gradient-norm clip (0: off; the reference's code never applies its "
                                  "--clip_grad 0.3, see the module docstring)")
 
@@ -42,6 +44,7 @@ class EfficientQATSpec(Spec):
 
     def problems(self):
         out = one_of(self, "bits", (2, 3, 4)) + one_of(self, "group_size", (64, 128))
+        out += one_of(self, "store", ("fp32", "bf16", "fp16"))
         out += positive(self, "samples", "seqlen", "batch_size", "quant_lr", "min_lr_factor")
         out += positive(self, "val_samples", "epochs", "clip_grad", allow_zero=True)
         if self.weight_lr < 0 and self.weight_lr != -1:
