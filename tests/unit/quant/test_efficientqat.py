@@ -236,6 +236,7 @@ def test_group_size_must_divide_the_linears():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_block_ap_on_cuda_matches_the_cpu_reference():
     """The same calibration with each block trained on CUDA ends at the CPU run's integers (up to rounding ties
     and float summation order) and close reconstruction."""
@@ -261,6 +262,7 @@ def test_block_ap_on_cuda_matches_the_cpu_reference():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gptqmodel_loads_the_export_on_gpu(built, tmp_path):
     """The export loads in GPTQModel (where it installs) and gives our CPU loader's logits."""
     gptqmodel = pytest.importorskip("gptqmodel")
