@@ -90,11 +90,15 @@ class EfficientQAT(Quantizer):
         if dist.is_main() or cache is None:
             samples = [x.input_ids for x in getattr(ctx, "train_samples", None) or []]
             train, val = block_ap.windows(samples, self.spec, getattr(ctx, "seed", 0))
+            if not samples:
+                raise InputError([f"quant=efficientqat: no Block-AP blocks cached for these settings in {cache} "
+                                  "and no calibration samples (eval/export rebuild a finished run from its cache): "
+                                  "train the run first, with the same quant settings"])
             if len(train) == 0:
                 raise InputError([f"quant=efficientqat: Block-AP needs at least quant.batch_size="
                                   f"{self.spec.batch_size} calibration windows of quant.seqlen={self.spec.seqlen} "
-                                  f"tokens, and the run's data has {sum(map(len, samples))} tokens (no cached "
-                                  f"blocks in {cache}): lower quant.seqlen or add data"])
+                                  f"tokens, and the run's data has {sum(map(len, samples))} tokens: lower "
+                                  "quant.seqlen or add data"])
             if len(train) < self.spec.samples:
                 log(f"efficientqat: the data holds {len(train)} calibration windows of {self.spec.seqlen} tokens "
                     f"(quant.samples={self.spec.samples})")
