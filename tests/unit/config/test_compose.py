@@ -19,6 +19,7 @@ NEEDS = {
     ("peft", "mtlora"): ["data.ops=[+,-]", "data.tasks=[add,sub]"],  # multi-task data
     ("peft", "qlora"): ["quant=nf4"],  # QLoRA = LoRA on a 4-bit base (a cross-axis check)
     ("quant", "nf4"): ["peft=qlora"],
+    ("quant", "int8"): ["peft=qlora"],
     **{("data", n): [f"data.path=pkg://tuneforge/data/examples/{n}.{'txt' if n == 'text' else 'jsonl'}"]
        for n in ("jsonl", "alpaca", "sharegpt", "chat", "qa", "text")},
 }
