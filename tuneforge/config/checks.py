@@ -25,8 +25,8 @@ Quantizers (quant): quantized_base (what the weights become, "4-bit") and traine
   such a base, named in the fix); whole_weights_at_build as above.
 Optimizers (optim): eight_bit_states (see the peft rows); client_optimizer: built by tuneforge, not DeepSpeed,
   so no ZeRO optimizer offload (it needs DeepSpeed's CPU Adam).
-Any option: fix, how to drop its demands on its own axis (e.g. "set peft.init=random"), offered in the messages
-  of its conflicts beside the fix on the other axis.
+Any option: needs_cuda (why): refused when the run trains on the CPU. fix, how to drop its demands on its own
+  axis (e.g. "set peft.init=random"), offered in the messages of its conflicts beside the fix on the other axis.
 
 Checks that only one option understands (e.g. its own task list against data.tasks) are its
 `spec.cross_problems(specs)`, called here for every group.
@@ -68,6 +68,10 @@ def cross_axis_problems(specs: dict) -> list[str]:
     if run_device(specs) == "cpu" and "fp16" in (p.params, p.compute):
         out.append(f"precision={p.name} needs a CUDA device: DeepSpeed's CPU engine has no fp16 path; "
                    "use precision=bf16 or precision=fp32 on CPU")
+    if run_device(specs) == "cpu":
+        out += [f"{g}={s.name} needs a CUDA device ({s.caps.needs_cuda}): run on a GPU (trainer.device=cuda), or "
+                f"{s.caps.fix or 'choose another ' + g}" for g, s in specs.items() if getattr(s, "caps", None)
+                and s.caps.needs_cuda]
     if z.offload_optimizer != "none" and o.caps.client_optimizer:
         out.append(f"optim={o.name} cannot run with ZeRO optimizer offload (DeepSpeed offload needs its own CPU "
                    f"Adam): {_or(o.caps.fix, 'a zero preset without offload')}")
