@@ -4,7 +4,9 @@
 `problems()` returns every range problem of the spec at once; `__post_init__` raises them together.
 `caps` declares, as data, what the option demands of the other axes (`Caps`; config/checks.py maps each demand to
 the constraints it sets). `cross_problems(specs)` is an option's own check against other groups' values;
-`trainable_estimate(parts)` a tuning method's predicted trainable parameters (models/footprint.py).
+`trainable_estimate(parts)` a tuning method's predicted trainable parameters, `weight_bytes(numel, rows)` a
+quantizer's bytes per quantized weight matrix and `state_bytes()` an optimizer's state bytes per trained element
+(all read by models/footprint.py for `tuneforge show`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class Spec:
     def trainable_estimate(self, parts) -> tuple[str, int] | None:
         """Tuning methods: (row label, trainable parameters) predicted from the model's `footprint.Parts`, shown
         by `tuneforge show`; None: not estimable."""
+        return None
+
+    def weight_bytes(self, numel: int, rows: int) -> float | None:
+        """Quantizers: bytes that a linear weight of `numel` elements and `rows` output rows takes once quantized
+        (codes and scales); None: weights stay in the training dtype."""
         return None
 
     def __post_init__(self):

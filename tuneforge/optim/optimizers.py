@@ -21,6 +21,7 @@ DeepSpeed (element_step_adamw.py); the DeepSpeed config then has no optimizer se
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from tuneforge.config.spec import Caps, Spec, knob, positive
@@ -36,6 +37,10 @@ class OptimSpec(Spec):
     eps: float = knob(1e-8, "Adam epsilon")
     grad_clip: float = knob(1.0, "clip the global gradient norm to this (0: off)")
 
+    def state_bytes(self) -> float:
+        """Optimizer-state bytes per trained element (tuneforge show): two fp32 moments."""
+        return 8.0
+
     def problems(self):
         out = positive(self, "lr", "eps") + positive(self, "weight_decay", "grad_clip", allow_zero=True)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -49,6 +54,14 @@ class AdamW8bitSpec(OptimSpec):
 
     caps = Caps(eight_bit_states=True, client_optimizer=True, fix="use optim=adamw")
 
+    def state_bytes(self) -> float:
+        return BNB_8BIT
+
+
+# bitsandbytes' 8-bit moments: one byte per element and one fp32 absmax per block of 256, for both moments
+# (tensors under 4096 elements keep fp32 moments: not counted)
+BNB_8BIT = 2 * (1 + 4 / 256)
+
 
 @dataclass
 class AoAdamWSpec(OptimSpec):
@@ -60,7 +73,15 @@ class AoAdamWSpec(OptimSpec):
     caps = Caps(eight_bit_states=True, client_optimizer=True, fix="use optim=adamw")  # block-wise low-bit states
 
     def problems(self):
-        return super().problems() + positive(self, "block_size")
+        out = super().problems() + positive(self, "block_size")
+        if importlib.util.find_spec("torchao") is None:
+            out.append(f"optim={self.name} needs the torchao package: pip install 'tuneforge[torchao]'")
+        return out
+
+    def state_bytes(self) -> float:
+        """Both moments: 8 or 4 bits per element plus one fp32 scale per block (tensors under 4096 elements keep
+        fp32 moments: not counted)."""
+        return 2 * ((4 if self.name.endswith("4bit") else 8) / 8 + 4 / self.block_size)
 
 
 @dataclass
@@ -72,6 +93,9 @@ class PagedAdamWSpec(OptimSpec):
         return Caps(eight_bit_states=self.name.endswith("8bit"), client_optimizer=True, fix="use optim=adamw",
                     needs_cuda="its states live in CUDA unified memory, paged to host RAM by the driver; "
                                "optim=adamw8bit is the unpaged 8-bit AdamW")
+
+    def state_bytes(self) -> float:
+        return BNB_8BIT if self.name.endswith("8bit") else 8.0
 
 
 def _params(spec: OptimSpec) -> dict:

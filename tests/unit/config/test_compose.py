@@ -16,6 +16,8 @@ from tuneforge.errors import InputError
 NEEDS = {
     ("zero", "zero3_nvme"): ["zero.nvme_path=/tmp"],
     ("precision", "fp16"): ["trainer.device=cuda"],
+    ("optim", "paged_adamw8bit"): ["trainer.device=cuda"],  # CUDA unified memory
+    ("optim", "paged_adamw32bit"): ["trainer.device=cuda"],
     ("peft", "mtlora"): ["data.ops=[+,-]", "data.tasks=[add,sub]"],  # multi-task data
     ("peft", "qlora"): ["quant=nf4"],  # QLoRA = LoRA on a 4-bit base (a cross-axis check)
     ("quant", "nf4"): ["peft=qlora"],

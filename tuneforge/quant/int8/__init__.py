@@ -42,6 +42,9 @@ class Int8Spec(Spec):
     def problems(self):
         return [] if self.threshold >= 0 else [f"threshold={self.threshold} must be >= 0"]
 
+    def weight_bytes(self, numel, rows):
+        return numel + 4 * rows  # int8 codes C_W, one fp32 scale s_W per row
+
 
 @register("quant", "int8", config=Int8Spec)
 class Int8(Quantizer):
