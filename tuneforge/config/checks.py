@@ -15,7 +15,7 @@ Tuning methods (peft):
 - needs_quantized_base (the quant option to add)                          needs a quant option with quantized_base;
                                                                            any method without it is refused one
 - carries_optimizer_state (when): per-parameter optimizer state moves     8-bit states only at ZeRO-0 with fp32
-  across engine rebuilds                                                  weights; no NVMe offload
+  across engine rebuilds                                                  weights; no opaque states; no NVMe offload
 - writes_optimizer_rows: resets optimizer moments row by row              no 8-bit states; no NVMe offload
 - element_steps: Adam bias correction per element (restarted rows take   no optim option that builds its own
   fresh steps; tuneforge's ElementStepAdamW replaces the optim option's)  optimizer (client_optimizer)
@@ -24,7 +24,8 @@ Tuning methods (peft):
 Quantizers (quant): quantized_base (what the weights become, "4-bit") and trained_with (the method that trains
   such a base, named in the fix); whole_weights_at_build as above.
 Optimizers (optim): eight_bit_states (see the peft rows); client_optimizer: built by tuneforge, not DeepSpeed,
-  so no ZeRO optimizer offload (it needs DeepSpeed's CPU Adam).
+  so no ZeRO optimizer offload (it needs DeepSpeed's CPU Adam); opaque_states (why): per-parameter states that
+  cannot be copied out and back in (see the peft rows).
 Any option: needs_cuda (why): refused when the run trains on the CPU. fix, how to drop its demands on its own
   axis (e.g. "set peft.init=random"), offered in the messages of its conflicts beside the fix on the other axis.
 
@@ -132,6 +133,9 @@ def _optimizer_state_problems(specs: dict) -> list[str]:
         if o.caps.eight_bit_states and (z.stage > 0 or p.params != "fp32"):
             out.append(f"peft={m.name} with optim={o.name} needs zero=zero0 and fp32 weights (8-bit states are "
                        f"carried {when} only as whole per-parameter tensors): {_or(o.caps.fix, 'zero=zero0')}")
+        if o.caps.opaque_states:
+            out.append(f"peft={m.name} carries optimizer state {when}, which optim={o.name} cannot hand over "
+                       f"({o.caps.opaque_states}): {_or(o.caps.fix, 'use another optimizer')}")
         if nvme:
             out.append(f"peft={m.name} cannot carry optimizer state swapped to NVMe {when}: use zero=zero3_offload "
                        "(CPU) or a preset without offload")

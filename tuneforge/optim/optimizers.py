@@ -70,7 +70,9 @@ class AoAdamWSpec(OptimSpec):
     compile: bool = knob(True, "torch.compile the per-parameter step (torchao's default; compiling each parameter "
                                "shape takes tens of seconds on a CPU); false: eager")
 
-    caps = Caps(eight_bit_states=True, client_optimizer=True, fix="use optim=adamw")  # block-wise low-bit states
+    caps = Caps(eight_bit_states=True, client_optimizer=True,  # block-wise low-bit states
+                opaque_states="torchao's low-bit state tensors cannot be cloned; optim=adamw8bit's can",
+                fix="use optim=adamw")
 
     def problems(self):
         out = super().problems() + positive(self, "block_size")

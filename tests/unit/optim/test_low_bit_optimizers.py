@@ -80,6 +80,15 @@ def test_paged_optimizers_are_refused_on_cpu_with_the_fix(name):
     assert f"optim={name} needs a CUDA device" in text and "trainer.device=cuda), or use optim=adamw" in text, text
 
 
+def test_torchao_states_are_refused_to_methods_that_carry_optimizer_state():
+    """LISA hands each parameter's Adam state across engine rebuilds (a copy), which torchao's state tensors do not
+    support (aten.clone is not implemented for them): refused before load, with the fix."""
+    with pytest.raises(InputError) as e:
+        compose(["recipe=quickstart_tiny", "peft=lisa", "optim=ao_adamw4bit", "zero=zero0"])
+    assert "which optim=ao_adamw4bit cannot hand over (torchao's low-bit state tensors cannot be cloned; " \
+           "optim=adamw8bit's can): use optim=adamw" in e.value.render(), e.value.render()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["paged_adamw8bit", "paged_adamw32bit", "ao_adamw8bit", "ao_adamw4bit"])
