@@ -118,6 +118,11 @@ def test_int8_base_is_frozen_row_quantized_and_computes_llm_int8(tiny_model_fact
         torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-5)
         layer.train()
         torch.testing.assert_close(layer(x), x @ (c_w * s_w[:, None] / 127).T, rtol=1e-5, atol=1e-5)
+        layer.eval()
+        before = layer.weight.data_ptr()
+        model._apply(lambda t: t.clone())  # as model.to(device) does: new data under the same parameter
+        assert layer.weight.data_ptr() != before and layer.state.CB.data_ptr() == layer.weight.data_ptr()
+        torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-5)
 
 
 def test_int8_tiny_recipe_learns_and_exports_a_dequantized_model(tmp_path):

@@ -15,9 +15,13 @@ Departures, all bitsandbytes' own (we use its layer unchanged):
   dtype (no activation quantization, no decomposition; its `MatMul8bitFp`, "much faster on CPU"). Eval mode, and
   CUDA in both modes, run Eq. 3-4. The trained model's eval logits therefore differ from those of its
   dequantized export by LLM.int8's activation rounding (about 1/127 of a row's largest input), not more.
+- The layer is a Linear8bitLt subclass (layer.py) whose codes and scales follow the weight on model.to(device):
+  bitsandbytes moves them only when `.to` is called on the layer itself (NF4's Params4bit moves its state in
+  place, Int8Params does not), and DeepSpeed moves the whole model.
 
 Every nn.Linear inside the decoder layers (models.targets' `all-linear`: never the LM head or the embeddings) is
-replaced by a frozen `Linear8bitLt` after the model is loaded, as quant=nf4 does; `models.kbit.dequantize` is
+replaced by a frozen `Linear8bitLt` (layer.py: one whose int8 state follows device moves) after the model is
+loaded, as quant=nf4 does; `models.kbit.dequantize` is
 the inverse used by export (plain fp32 nn.Linear layers holding C_W s_W / 127).
 """
 
@@ -56,9 +60,10 @@ class Int8(Quantizer):
         from torch import nn
 
         from tuneforge.models.targets import ALL_LINEAR, replace, target_linears
+        from tuneforge.quant.int8.layer import Int8Linear
 
         def make(m):
-            q = bnb.nn.Linear8bitLt(m.in_features, m.out_features, bias=m.bias is not None, has_fp16_weights=False,
+            q = Int8Linear(m.in_features, m.out_features, bias=m.bias is not None, has_fp16_weights=False,
                                     threshold=self.spec.threshold, device="meta")
             q.weight = bnb.nn.Int8Params(m.weight.data.float().cpu(), requires_grad=False, has_fp16_weights=False)
             if m.bias is not None:
