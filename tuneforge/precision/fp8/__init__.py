@@ -30,6 +30,8 @@ Departures from torchao's float8 linear:
 - the emulation dequantizes after the matmul ((q_a q_b) / (s_a s_b), as torch._scaled_mm does) where torchao's
   own `emulate=True` dequantizes before it (q_a / s_a) (q_b / s_b): equal up to fp32 rounding (bitwise equal for
   rowwise's power-of-two scales); the matmul runs in fp32 even under bf16 autocast (FP8 GEMMs accumulate in fp32);
+- torchao's CUDA rowwise path writes its matmul outputs in bf16 even for fp32 inputs (torch._scaled_mm's rowwise
+  kernel has no fp32 output) and casts back; the emulation keeps fp32 outputs;
 - no fast-accumulation mode (torchao's forward uses cuBLAS's `use_fast_accum`), no `torch.compile` fusion of the
   casts, no FSDP2 float8 all-gather (DeepSpeed owns sharding here);
 - the filter does not apply torchao's size heuristics (`_auto_filter_for_recipe` also skips small layers, where
