@@ -42,6 +42,8 @@ class Caps:
     # optimizers
     eight_bit_states: bool = False  # optimizer moments stored block-wise in 8 bits
     client_optimizer: bool = False  # built by tuneforge and handed to DeepSpeed (not DeepSpeed's own)
+    # precision
+    fp8_kernels: str = ""  # its matmuls need FP8 kernels (a CUDA device of compute capability >= 8.9)
     # any option
     fix: str = ""  # how to drop this option's demands on its own axis, e.g. "set peft.init=random"
 

@@ -16,6 +16,7 @@ from tuneforge.errors import InputError
 NEEDS = {
     ("zero", "zero3_nvme"): ["zero.nvme_path=/tmp"],
     ("precision", "fp16"): ["trainer.device=cuda"],
+    ("precision", "fp8"): ["precision.emulate=true"],  # on a CPU: the emulation (FP8 kernels need CUDA cc >= 8.9)
     ("peft", "mtlora"): ["data.ops=[+,-]", "data.tasks=[add,sub]"],  # multi-task data
     ("peft", "qlora"): ["quant=nf4"],  # QLoRA = LoRA on a 4-bit base (a cross-axis check)
     ("quant", "nf4"): ["peft=qlora"],
