@@ -21,6 +21,8 @@ Tuning methods (peft):
   fresh steps; tuneforge's ElementStepAdamW replaces the optim option's)  optimizer (client_optimizer)
 - needs_tasks: trains on multi-task data                                  data.tasks must be set
 - backbone_without_autograd (why): the frozen model keeps no activations  warning: gradient checkpointing is moot
+Precision: fp8_kernels (why): matmuls on FP8 kernels                        a CUDA device of compute capability >= 8.9
+                                                                          (checked where the run's device is visible)
 Quantizers (quant): quantized_base (what the weights become, "4-bit") and trained_with (the method that trains
   such a base, named in the fix); whole_weights_at_build as above.
 Optimizers (optim): eight_bit_states (see the peft rows); client_optimizer: built by tuneforge, not DeepSpeed,
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import os
 
-from tuneforge.hardware import cpu_flags, fast_bf16
+from tuneforge.hardware import cpu_flags, fast_bf16, fp8_kernels
 
 ZERO2 = "use zero=zero2 (or zero2_offload)"
 
@@ -69,7 +71,13 @@ def cross_axis_problems(specs: dict) -> list[str]:
     if run_device(specs) == "cpu" and "fp16" in (p.params, p.compute):
         out.append(f"precision={p.name} needs a CUDA device: DeepSpeed's CPU engine has no fp16 path; "
                    "use precision=bf16 or precision=fp32 on CPU")
-    if run_device(specs) == "cpu":
+    device = run_device(specs)
+    if p.caps.fp8_kernels and (device == "cpu" or _cuda_available()):  # a CUDA run composed elsewhere: unknown
+        has, why = fp8_kernels(device)
+        if not has:
+            out.append(f"precision={p.name} {p.caps.fp8_kernels}, but {why}: "
+                       f"{_or('use a CUDA device of compute capability >= 8.9 (Ada, Hopper)', p.caps.fix)}")
+    if device == "cpu":
         out += [f"{g}={s.name} needs a CUDA device ({s.caps.needs_cuda}): run on a GPU (trainer.device=cuda), or "
                 f"{s.caps.fix or 'choose another ' + g}" for g, s in specs.items() if getattr(s, "caps", None)
                 and s.caps.needs_cuda]

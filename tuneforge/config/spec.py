@@ -45,6 +45,8 @@ class Caps:
     eight_bit_states: bool = False  # optimizer moments stored block-wise in 8 bits
     client_optimizer: bool = False  # built by tuneforge and handed to DeepSpeed (not DeepSpeed's own)
     opaque_states: str = ""  # its per-parameter states cannot be copied out and back in (why)
+    # precision
+    fp8_kernels: str = ""  # its matmuls need FP8 kernels (a CUDA device of compute capability >= 8.9)
     # any option
     needs_cuda: str = ""  # runs only on a CUDA device (why): refused before load when the run's device is the CPU
     fix: str = ""  # how to drop this option's demands on its own axis, e.g. "set peft.init=random"

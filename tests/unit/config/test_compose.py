@@ -16,6 +16,7 @@ from tuneforge.errors import InputError
 NEEDS = {
     ("zero", "zero3_nvme"): ["zero.nvme_path=/tmp"],
     ("precision", "fp16"): ["trainer.device=cuda"],
+    ("precision", "fp8"): ["precision.emulate=true"],  # on a CPU: the emulation (FP8 kernels need CUDA cc >= 8.9)
     ("optim", "paged_adamw8bit"): ["trainer.device=cuda"],  # CUDA unified memory
     ("optim", "paged_adamw32bit"): ["trainer.device=cuda"],
     ("peft", "mtlora"): ["data.ops=[+,-]", "data.tasks=[add,sub]"],  # multi-task data
