@@ -11,12 +11,19 @@ NEEDS (qlora: quant=nf4). Peak memory is the run's peak RSS (summary.json); toke
 after the first (metrics.jsonl); exact match on the recipe's held-out problems before and after training (and
 after training per task, for a multi-task method such as mtlora).
 `--record` appends the table, the command and the machine to bench/RESULTS.md.
+
+`--lrs 1e-4,3e-4,1e-3` sweeps the learning rate: every method runs at each rate and at its paper's recommended
+rate where that differs (PAPER_LR), and the table shows the best run of each method (highest exact match, then
+lowest eval loss) with every rate's exact match beside it. Each finished run is appended to `--log` (JSON lines),
+and a later invocation skips what the log already holds, so a sweep interrupted on a busy machine resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -28,6 +35,15 @@ EXCLUDED = ("full", "freeze", "lisa")
 NEEDS = {"qlora": ["quant=nf4"],  # axes a method cannot run without
          "mtlora": ["data.ops=[+,-]", "data.tasks=[add,sub]"]}  # multi-task data: addition and subtraction problems
 SETTINGS = {"corda": ["peft.n_samples=64"]}  # bounded calibration (the default 256 takes ~4x longer on CPU)
+# The learning rate each paper's released scripts use for LLM fine-tuning, where it differs from the sweep's rates.
+PAPER_LR = {
+    "pissa": 2e-5,  # PiSSA (arXiv 2404.02948) sec. 5: LLaMA-2-7B on MetaMathQA, lr 2e-5
+    "corda": 2e-5,  # CorDA (arXiv 2406.05223) follows PiSSA's training settings
+    "bone": 2e-5, "miss": 2e-5,  # Bone / MiSS (arXiv 2409.15371): PiSSA's settings, lr 2e-5
+    "qlora": 2e-4,  # QLoRA (arXiv 2305.14314) Table 9: 2e-4 for 7B and 13B models
+    "dora": 2e-4,  # DoRA (arXiv 2402.09353) commonsense scripts: LLaMA-7B, r=32, lr 2e-4
+    "lst": 3e-3,  # LST (arXiv 2206.06522) sec. 4: T5 on GLUE, lr 3e-3
+}
 COLUMNS = ["method", "trainable", "peak RSS MB", "tokens/s (median)", "exact match before", "after",
            "after, per task", "eval loss after", "run wall s"]
 
@@ -41,8 +57,10 @@ def default_methods() -> list[str]:
 
 def measure(method: str, recipe: str, steps: int, before: bool, overrides: list[str]) -> list:
     try:
-        s, rows = read(train(f"recipe={recipe}", f"peft={method}", *NEEDS.get(method, []), *SETTINGS.get(method, []),
-                             f"trainer.max_steps={steps}", f"trainer.eval_at_start={str(before).lower()}", *overrides))
+        run_dir = train(f"recipe={recipe}", f"peft={method}", *NEEDS.get(method, []), *SETTINGS.get(method, []),
+                             f"trainer.max_steps={steps}", f"trainer.eval_at_start={str(before).lower()}", *overrides)
+        s, rows = read(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)  # ~0.5-2 GB of checkpoints per run; the numbers are read
     except SystemExit as e:  # one failing method is reported in its row; the others still run
         print(e, file=sys.stderr)
         return [method, "failed", *["-"] * (len(COLUMNS) - 2)]
@@ -58,9 +76,35 @@ def measure(method: str, recipe: str, steps: int, before: bool, overrides: list[
             f"{after.get('eval_loss', float('nan')):.3f}", f"{s['wall_time_s']:.0f}"]
 
 
-def record(title: str, command: str, rows: list[list]) -> None:
+SWEEP_COLUMNS = ["method", "best lr", "exact match (best)", "eval loss", "exact match per lr", "trainable",
+                 "peak RSS MB", "tokens/s (median)"]
+
+
+def sweep(methods: list[str], lrs: list[float], args, log: Path) -> list[list]:
+    """Every method at every rate (plus its paper's); one row per method: its best run and each rate's score."""
+    done = {(r["method"], r["lr"]): r["row"] for r in map(json.loads, log.read_text().splitlines())} if log.is_file() else {}
+    table = []
+    for m in methods:
+        rates = sorted({*lrs, *([PAPER_LR[m]] if m in PAPER_LR else [])})
+        for lr in rates:
+            if (m, lr) not in done:
+                done[m, lr] = measure(m, args.recipe, args.steps, False, [*args.overrides, f"optim.lr={lr}"])
+                with log.open("a") as f:
+                    f.write(json.dumps({"method": m, "lr": lr, "row": done[m, lr]}) + "\n")
+        runs = [(lr, done[m, lr]) for lr in rates if done[m, lr][1] != "failed"]
+        if not runs:
+            table.append([m, "failed", *["-"] * (len(SWEEP_COLUMNS) - 2)])
+            continue
+        score = {lr: (float(r[5].rstrip("%")) if r[5] != "-" else -1.0, -float(r[7])) for lr, r in runs}
+        lr, best = max(runs, key=lambda x: score[x[0]])
+        table.append([m, f"{lr:g}", best[5], best[7], ", ".join(f"{x:g}: {r[5]}" for x, r in runs), best[1], best[2],
+                      best[3]])
+    return table
+
+
+def record(title: str, command: str, rows: list[list], columns: list[str] = COLUMNS) -> None:
     lines = [f"\n## {title} — {datetime.date.today()}\n", f"`{command}`\n", f"Machine: {machine()}\n",
-             "| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" for _ in COLUMNS) + " |",
+             "| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |",
              *("| " + " | ".join(str(x) for x in r) + " |" for r in rows)]
     with open(Path(__file__).parent / "RESULTS.md", "a") as f:
         f.write("\n".join(lines) + "\n")
@@ -75,9 +119,18 @@ def main() -> None:
     ap.add_argument("--before", action="store_true", help="also evaluate every method before training (every method "
                                                           "starts from the pretrained function, so once is enough)")
     ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    ap.add_argument("--lrs", default=None, help="comma-separated learning rates to sweep (plus each paper's rate)")
+    ap.add_argument("--log", type=Path, default=Path("peft_sweep.jsonl"), help="--lrs: runs done so far (resumes)")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
     methods = args.methods.split(",") if args.methods else default_methods()
+    if args.lrs:
+        rows = sweep(methods, [float(x) for x in args.lrs.split(",")], args, args.log)
+        title = f"PEFT methods compared, best of a learning-rate sweep ({args.recipe}, {args.steps} steps)"
+        show(title, SWEEP_COLUMNS, rows)
+        if args.record:
+            record(title, "python bench/peft_compare.py " + " ".join(sys.argv[1:]), rows, SWEEP_COLUMNS)
+        return
     rows = [measure(m, args.recipe, args.steps, args.before, args.overrides) for m in methods]
     title = f"PEFT methods compared ({args.recipe}, {args.steps} steps, same data)"
     show(title, COLUMNS, rows)

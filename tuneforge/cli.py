@@ -98,21 +98,31 @@ def _show_memory(con, specs, world: int) -> None:
     if config is None:
         con.print(f"[dim]memory estimate: the config of model.path={specs['model'].path} is not available offline[/]")
         return
-    z, dtype = specs["zero"].stage, specs["precision"].params
-    table = Table(title=f"predicted memory per rank: {world} rank(s), ZeRO-{z}, {dtype} weights, AdamW "
+    z, dtype, q = specs["zero"].stage, specs["precision"].params, specs["quant"]
+    base = f"{dtype} weights" + ("" if q.weight_bytes(1, 1) is None else f", quant={q.name} base")
+    table = Table(title=f"predicted memory per rank: {world} rank(s), ZeRO-{z}, {base}, optim={specs['optim'].name} "
                         "(activations not included)", title_justify="left")
     for col in ("method", "trainable params", "optimizer states", "gradients", "weights", "total"):
         table.add_column(col, justify="left" if col == "method" else "right")
     baselines = [registry.entry("peft", name).config() for name in MEMORY_BASELINES]
     rows = footprint.table(config, specs, world, baselines)
     for row in rows:
-        gib = [f"{row[k] / 2**30:,.2f} GiB" for k in ("optimizer", "gradients", "weights", "total")]
+        gib = [_bytes(row[k]) for k in ("optimizer", "gradients", "weights", "total")]
         name = f"[bold]> {row['method']}[/]" if row["chosen"] else f"  {row['method']}"
-        table.add_row(name, f"{row['trainable'] / 1e6:,.1f}M ({100 * row['trainable'] / row['total_params']:.1f}%)", *gib)
+        n = row["trainable"]
+        count = f"{n / 1e6:,.1f}M" if n >= 1e5 else f"{n / 1e3:,.1f}K"
+        table.add_row(name, f"{count} ({100 * n / row['total_params']:.1f}%)", *gib)
     con.print(table)
     if not any(row["chosen"] for row in rows):
         con.print(f"[dim]peft={specs['peft'].name}: not estimable from the model's shapes (its spec declares no "
                   "trainable_estimate for these settings)[/]")
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,.0f} B"
 
 
 def _show_doc(con, specs) -> int:

@@ -2,7 +2,8 @@
 
 bf16 matmuls are fast on CUDA devices with bf16 support and on CPUs with AMX or AVX512-BF16 (measured here:
 SmolLM2-135M LoRA trains 1.75x faster than fp32, same eval loss); on CPUs without them PyTorch emulates bf16,
-~100x slower than fp32. The CPU's flags are read from /proc/cpuinfo; `TUNEFORGE_CPU_FLAGS="avx2 fma ..."`
+~100x slower than fp32. FP8 matmuls (precision=fp8) need CUDA devices of compute capability >= 8.9 (Ada,
+Hopper and newer); no CPU has them. The CPU's flags are read from /proc/cpuinfo; `TUNEFORGE_CPU_FLAGS="avx2 fma ..."`
 replaces them (to see what another CPU would get, or to force fp32 where bf16 is slow for another reason)."""
 
 from __future__ import annotations
@@ -41,3 +42,16 @@ def fast_bf16(device: str) -> tuple[bool, str]:
     if fast:
         return True, f"the CPU has {' and '.join(fast)}"
     return False, "the CPU has neither AMX-BF16 nor AVX512-BF16 (bf16 matmuls would be ~100x slower than fp32)"
+
+
+def fp8_kernels(device: str) -> tuple[bool, str]:
+    """(whether `device` -- "cpu" or "cuda" -- has FP8 matmul kernels, why)."""
+    if device != "cuda":
+        return False, "the run trains on a CPU, which has no FP8 matmul kernels"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is visible"
+    cc, name = torch.cuda.get_device_capability(), torch.cuda.get_device_name()
+    has = cc >= (8, 9)
+    return has, f"CUDA device {name} has compute capability {cc[0]}.{cc[1]} ({'>=' if has else '<'} 8.9)"

@@ -1,4 +1,5 @@
-"""The defining property of each LoRA variant, QLoRA's 4-bit base and MiSS/Bone (beyond the family contract)."""
+"""The defining property of each LoRA variant, QLoRA's 4-bit base, the LLM.int8() base and MiSS/Bone (beyond the
+family contract)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import ok, run_dir_of, summary, train_losses, tuneforge
+from tests.conftest import ok, run_dir_of, summary, train_here, train_losses, tuneforge
 from tests.contracts.test_peft_family import Row, make
 from tests.golden import runs as golden
 from tuneforge.config.compose import compose
@@ -75,6 +76,90 @@ def test_qlora_tiny_recipe_learns_and_exports_a_dequantized_model(tmp_path):
     with torch.no_grad():
         logits = model(input_ids=probe["input_ids"]).logits
     torch.testing.assert_close(logits, probe["logits"], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- LLM.int8() / quant=int8
+def test_int8_base_is_frozen_row_quantized_and_computes_llm_int8(tiny_model_factory):
+    """quant=int8 on tiny_llama: every decoder linear is a frozen int8 Linear8bitLt holding, row by row,
+    C_W = round(127 W / max|W_row|) of the fp16 weights (LLM.int8() Sec. 3.1). Eval forward = Eq. 3-4 written out
+    here: int8 rows of X times C_W, rescaled by s_X s_W / 127^2, plus the outlier columns (|x| >= 6) in full
+    precision against the dequantized weight columns. CPU training forward: x (C_W s_W / 127)^T (bitsandbytes'
+    weight-only CPU path)."""
+    import bitsandbytes as bnb
+
+    from tuneforge import registry
+    from tuneforge.config.compose import build_specs
+
+    model = tiny_model_factory(0)
+    plain = {n: m.weight.detach().clone() for n, m in model.named_modules() if type(m) is nn.Linear}
+    model = registry.build("quant", build_specs(compose([*TINY, "quant=int8", "peft=qlora"]))["quant"]).apply(model)
+    int8 = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear8bitLt)}
+    assert len(int8) == 14 and set(plain) - set(int8) == {"lm_head"} and model.is_loaded_in_8bit
+    for name, layer in int8.items():
+        w16 = plain[name].half().float()
+        s_w = w16.abs().amax(dim=1)
+        assert layer.weight.dtype == torch.int8 and not layer.weight.requires_grad
+        c_w = layer.weight.data.float()
+        assert (c_w - 127 * w16 / s_w[:, None]).abs().max() <= 0.5 + 1e-4, name  # nearest (ties either way)
+        assert torch.equal(c_w.abs().amax(dim=1), torch.full_like(s_w, 127.0)), name
+    layer = int8["model.layers.0.mlp.down_proj"]
+    c_w = layer.weight.data.float()
+    s_w = plain["model.layers.0.mlp.down_proj"].half().float().abs().amax(dim=1)
+    torch.manual_seed(0)
+    x = torch.rand(5, layer.in_features) * 2 - 1
+    x[:, 3] = 8.0  # an outlier feature: every row's value is above the threshold
+    outliers = (x.half().float().abs() >= 6.0).any(dim=0)
+    x_in = x.half().float().masked_fill(outliers, 0.0)
+    s_x = x_in.abs().amax(dim=1)
+    c_x = torch.round(127 * x_in / s_x[:, None])
+    want = (c_x @ c_w.T) * s_x[:, None] * s_w[None, :] / 127**2 + x[:, outliers] @ (c_w[:, outliers] * s_w[:, None] / 127).T
+    with torch.no_grad():
+        layer.eval()
+        torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-5)
+        layer.train()
+        torch.testing.assert_close(layer(x), x @ (c_w * s_w[:, None] / 127).T, rtol=1e-5, atol=1e-5)
+        layer.eval()
+        before = layer.weight.data_ptr()
+        model._apply(lambda t: t.clone())  # as model.to(device) does: new data under the same parameter
+        assert layer.weight.data_ptr() != before and layer.state.CB.data_ptr() == layer.weight.data_ptr()
+        torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_tiny_recipe_learns_and_exports_a_dequantized_model(tmp_path):
+    """A real run of int8_tiny (in this process): only LoRA factors train, the loss falls and is the pinned one
+    (tests/golden/int8_tiny.json); the export is a plain fp32 model that transformers loads and that reproduces the
+    run's eval logits up to LLM.int8()'s activation rounding (the export multiplies unrounded inputs)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.cli import main
+
+    run = train_here(*golden.ARGS["int8_tiny"], out=tmp_path / "run")
+    s = summary(run)
+    assert s["status"] == "completed"
+    golden.check("int8_tiny", train_losses(run))
+    assert s["eval"]["eval_loss"] < s["eval_before"]["eval_loss"] - 0.05, (s["eval_before"], s["eval"])
+    trained = load_file(str(run / "final" / "trainable.safetensors"))
+    assert len(trained) == 28 and all(".lora_" in n for n in trained)
+    assert main(["export", f"run_dir={run}"]) == 0
+    assert "quantization_config" not in json.loads((run / "export" / "config.json").read_text())
+    assert {t.dtype for t in load_file(str(run / "export" / "model.safetensors")).values()} == {torch.float32}
+    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
+    assert sum(type(m) is nn.Linear for m in model.modules()) == 15
+    probe = load_file(str(run / "final" / "probe.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=0, atol=2e-2)  # measured: 5e-3 (logits ~1)
+
+
+def test_int8_cross_axis_checks_name_the_fix():
+    for overrides, fix in [(["peft=lora", "quant=int8"], "8-bit bases are trained with peft=qlora; use peft=qlora"),
+                           (["peft=lisa", "quant=int8"], "e.g. peft=qlora), or quant=none"),
+                           (["model=smollm2_135m", "peft=qlora", "quant=int8", "zero=zero3"], "use zero=zero2"),
+                           (["peft=qlora"], "add quant=nf4 (or quant=int8)")]:
+        with pytest.raises(InputError) as e:
+            compose([*TINY, *overrides])
+        assert fix in e.value.render(), e.value.render()
 
 
 # ---------------------------------------------------------------- LoRA variants through PEFT
@@ -207,3 +292,37 @@ def test_qlora_on_cuda_learns_and_exports(tmp_path):
     with torch.no_grad():
         logits = model(input_ids=probe["input_ids"]).logits
     torch.testing.assert_close(logits, probe["logits"], rtol=5e-2, atol=1e-1)  # the run computed in bf16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_int8_on_cuda_matches_the_cpu_reference_learns_and_exports(tmp_path):
+    """The CUDA path of bitsandbytes' LLM.int8() (its int8 matmul, also in training) against the CPU reference:
+    one quantized layer's eval forward equals the CPU layer's; a real run on the GPU lowers the loss and its
+    dequantized export reproduces the run's logits."""
+    import bitsandbytes as bnb
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    w, x = torch.randn(32, 64) * 0.1, torch.randn(5, 64)
+    x[:, 3] = 8.0
+    outs = []
+    for device in ("cpu", "cuda"):
+        layer = bnb.nn.Linear8bitLt(64, 32, bias=False, has_fp16_weights=False, threshold=6.0)
+        layer.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
+        layer = layer.to(device).eval()
+        with torch.no_grad():
+            outs.append(layer(x.to(device).half()).float().cpu())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-2, atol=1e-2)  # fp16 outputs, different kernels
+    run = run_dir_of(ok(tuneforge("train", "recipe=int8_tiny", "trainer.device=cuda", "precision=bf16",
+                                  "trainer.max_steps=6", "trainer.save_every=0", "trainer.eval_at_start=false",
+                                  cwd=tmp_path)))
+    losses = train_losses(run)
+    assert summary(run)["status"] == "completed" and losses[-1] < losses[0], losses
+    ok(tuneforge("export", f"run_dir={run}", cwd=tmp_path))
+    probe = load_file(str(run / "final" / "probe.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=5e-2, atol=1e-1)  # the run computed in bf16 / int8

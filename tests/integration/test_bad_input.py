@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import tuneforge
 
+IN_A_PROCESS = "misspelled key"  # this case runs the real CLI process (its exit code); the rest call main() here
+
 CASES = {
     "misspelled key": (["trainer.max_stepz=3"], "did you mean 'max_steps'"),
     "wrong type": (["trainer.micro_batch_size=four"], "trainer.micro_batch_size='four'"),
@@ -20,7 +22,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_exits_2_before_model_load(tmp_path, case):
+def test_bad_input_exits_2_before_model_load(tmp_path, case, capsys, monkeypatch):
     overrides, expect = CASES[case]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n{broken\n" + json.dumps({"output": "z"}) + "\n")
@@ -28,8 +30,16 @@ def test_bad_input_exits_2_before_model_load(tmp_path, case):
         bad.write_text("{broken\n" + json.dumps({"output": "z"}) + "\n")
         expect = "no valid training rows"
     args = ["recipe=quickstart_tiny", *[o.format(bad=bad) for o in overrides]]
-    proc = tuneforge("train", *args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert expect in proc.stderr, proc.stderr
-    assert "model:" not in proc.stdout  # the model was never built
+    if case == IN_A_PROCESS:
+        proc = tuneforge("train", *args, cwd=tmp_path)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        from tuneforge.cli import main
+
+        monkeypatch.chdir(tmp_path)
+        code = main(["train", *args])
+        out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert expect in err, err
+    assert "model:" not in out  # the model was never built
     assert not (tmp_path / "outputs").exists()

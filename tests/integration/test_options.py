@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import metrics, ok, run_dir_of, summary, train_losses, tuneforge
+from tests.conftest import metrics, summary, train_here, train_losses
 
 TINY = ["recipe=quickstart_tiny", "trainer.max_steps=3", "trainer.eval_at_start=false"]
 EXAMPLES = "pkg://tuneforge/data/examples"
@@ -31,8 +31,7 @@ RUNS = {
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_option_combination_runs(tmp_path, name):
-    proc = ok(tuneforge("train", *TINY, *RUNS[name], cwd=tmp_path))
-    run = run_dir_of(proc)
+    run = train_here(*TINY, *RUNS[name], out=tmp_path / "run")
     s = summary(run)
     assert s["status"] == "completed" and s["steps"] == 3 and len(train_losses(run)) == 3
     assert all(isinstance(x, float) and x == x for x in train_losses(run))

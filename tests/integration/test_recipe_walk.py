@@ -22,6 +22,8 @@ RUN_ELSEWHERE = {
     "quickstart_tiny": "tests/integration/*",
     "lisa_tiny": "tests/contracts/test_lisa.py",
     "qlora_tiny": "tests/contracts/test_lora_variants.py",
+    "fp8_tiny": "tests/unit/precision/test_fp8.py",
+    "int8_tiny": "tests/contracts/test_lora_variants.py",
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 

@@ -16,18 +16,21 @@ Tuning methods (peft):
                                                                            whose trained_with names this method;
                                                                            any method without it is refused one
 - carries_optimizer_state (when): per-parameter optimizer state moves     8-bit states only at ZeRO-0 with fp32
-  across engine rebuilds                                                  weights; no NVMe offload
+  across engine rebuilds                                                  weights; no opaque states; no NVMe offload
 - writes_optimizer_rows: resets optimizer moments row by row              no 8-bit states; no NVMe offload
 - element_steps: Adam bias correction per element (restarted rows take   no optim option that builds its own
   fresh steps; tuneforge's ElementStepAdamW replaces the optim option's)  optimizer (client_optimizer)
 - needs_tasks: trains on multi-task data                                  data.tasks must be set
 - backbone_without_autograd (why): the frozen model keeps no activations  warning: gradient checkpointing is moot
+Precision: fp8_kernels (why): matmuls on FP8 kernels                        a CUDA device of compute capability >= 8.9
+                                                                          (checked where the run's device is visible)
 Quantizers (quant): quantized_base (what the weights become, "4-bit") and trained_with (the method that trains
   such a base, named in the fix); whole_weights_at_build as above.
 Optimizers (optim): eight_bit_states (see the peft rows); client_optimizer: built by tuneforge, not DeepSpeed,
-  so no ZeRO optimizer offload (it needs DeepSpeed's CPU Adam).
-Any option: fix, how to drop its demands on its own axis (e.g. "set peft.init=random"), offered in the messages
-  of its conflicts beside the fix on the other axis.
+  so no ZeRO optimizer offload (it needs DeepSpeed's CPU Adam); opaque_states (why): per-parameter states that
+  cannot be copied out and back in (see the peft rows).
+Any option: needs_cuda (why): refused when the run trains on the CPU. fix, how to drop its demands on its own
+  axis (e.g. "set peft.init=random"), offered in the messages of its conflicts beside the fix on the other axis.
 
 Checks that only one option understands (e.g. its own task list against data.tasks) are its
 `spec.cross_problems(specs)`, called here for every group.
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import os
 
-from tuneforge.hardware import cpu_flags, fast_bf16
+from tuneforge.hardware import cpu_flags, fast_bf16, fp8_kernels
 
 ZERO2 = "use zero=zero2 (or zero2_offload)"
 
@@ -69,6 +72,16 @@ def cross_axis_problems(specs: dict) -> list[str]:
     if run_device(specs) == "cpu" and "fp16" in (p.params, p.compute):
         out.append(f"precision={p.name} needs a CUDA device: DeepSpeed's CPU engine has no fp16 path; "
                    "use precision=bf16 or precision=fp32 on CPU")
+    device = run_device(specs)
+    if p.caps.fp8_kernels and (device == "cpu" or _cuda_available()):  # a CUDA run composed elsewhere: unknown
+        has, why = fp8_kernels(device)
+        if not has:
+            out.append(f"precision={p.name} {p.caps.fp8_kernels}, but {why}: "
+                       f"{_or('use a CUDA device of compute capability >= 8.9 (Ada, Hopper)', p.caps.fix)}")
+    if device == "cpu":
+        out += [f"{g}={s.name} needs a CUDA device ({s.caps.needs_cuda}): run on a GPU (trainer.device=cuda), or "
+                f"{s.caps.fix or 'choose another ' + g}" for g, s in specs.items() if getattr(s, "caps", None)
+                and s.caps.needs_cuda]
     if z.offload_optimizer != "none" and o.caps.client_optimizer:
         out.append(f"optim={o.name} cannot run with ZeRO optimizer offload (DeepSpeed offload needs its own CPU "
                    f"Adam): {_or(o.caps.fix, 'a zero preset without offload')}")
@@ -133,6 +146,9 @@ def _optimizer_state_problems(specs: dict) -> list[str]:
         if o.caps.eight_bit_states and (z.stage > 0 or p.params != "fp32"):
             out.append(f"peft={m.name} with optim={o.name} needs zero=zero0 and fp32 weights (8-bit states are "
                        f"carried {when} only as whole per-parameter tensors): {_or(o.caps.fix, 'zero=zero0')}")
+        if o.caps.opaque_states:
+            out.append(f"peft={m.name} carries optimizer state {when}, which optim={o.name} cannot hand over "
+                       f"({o.caps.opaque_states}): {_or(o.caps.fix, 'use another optimizer')}")
         if nvme:
             out.append(f"peft={m.name} cannot carry optimizer state swapped to NVMe {when}: use zero=zero3_offload "
                        "(CPU) or a preset without offload")

@@ -4,7 +4,9 @@
 `problems()` returns every range problem of the spec at once; `__post_init__` raises them together.
 `caps` declares, as data, what the option demands of the other axes (`Caps`; config/checks.py maps each demand to
 the constraints it sets). `cross_problems(specs)` is an option's own check against other groups' values;
-`trainable_estimate(parts)` a tuning method's predicted trainable parameters (models/footprint.py).
+`trainable_estimate(parts)` a tuning method's predicted trainable parameters, `weight_bytes(numel, rows)` a
+quantizer's bytes per quantized weight matrix and `state_bytes()` an optimizer's state bytes per trained element
+(all read by models/footprint.py for `tuneforge show`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ class Caps:
     # optimizers
     eight_bit_states: bool = False  # optimizer moments stored block-wise in 8 bits
     client_optimizer: bool = False  # built by tuneforge and handed to DeepSpeed (not DeepSpeed's own)
+    opaque_states: str = ""  # its per-parameter states cannot be copied out and back in (why)
+    # precision
+    fp8_kernels: str = ""  # its matmuls need FP8 kernels (a CUDA device of compute capability >= 8.9)
     # any option
+    needs_cuda: str = ""  # runs only on a CUDA device (why): refused before load when the run's device is the CPU
     fix: str = ""  # how to drop this option's demands on its own axis, e.g. "set peft.init=random"
 
 
@@ -68,6 +74,11 @@ class Spec:
     def trainable_estimate(self, parts) -> tuple[str, int] | None:
         """Tuning methods: (row label, trainable parameters) predicted from the model's `footprint.Parts`, shown
         by `tuneforge show`; None: not estimable."""
+        return None
+
+    def weight_bytes(self, numel: int, rows: int) -> float | None:
+        """Quantizers: bytes that a linear weight of `numel` elements and `rows` output rows takes once quantized
+        (codes and scales); None: weights stay in the training dtype."""
         return None
 
     def __post_init__(self):

@@ -25,6 +25,7 @@ from torch import nn
 
 from tuneforge import registry
 from tuneforge.errors import InputError
+from tuneforge.models.targets import target_linears
 
 
 @dataclass
@@ -57,8 +58,6 @@ class ExportContext:
 def targets(model: nn.Module, names, stage: str) -> list[tuple[str, nn.Linear]]:
     """The linears a stage acts on: `names` (its own `target_modules`; linear names inside the decoder layers or
     [all-linear])."""
-    from tuneforge.models.targets import target_linears
-
     try:
         return target_linears(model, names)
     except ValueError as e:

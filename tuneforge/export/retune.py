@@ -36,7 +36,8 @@ from tuneforge.registry import register
 class RetuneSpec(Spec):
     takes: ClassVar[str] = "merged"
     steps: Optional[int] = knob(None, "optimizer steps of re-tuning; null: as many as the run trained")
-    lr: Optional[float] = knob(None, "peak learning rate (the run's schedule); null: the run's optim.lr")
+    lr: Optional[float] = knob(2e-5, "peak learning rate (the run's schedule shape): a full fine-tuning rate, since "
+                                     "weights train, not adapters; null: the run's optim.lr")
     target_modules: Optional[list[str]] = knob(None, "matrices re-tuned with their zeros fixed (the rest stays "
                                                      "frozen): linear names inside the decoder layers or "
                                                      "[all-linear]; null: the run's peft.target_modules if the "

@@ -4,10 +4,15 @@ shapes, no weights). Used by `tuneforge show` to put the chosen tuning method be
 The method's spec predicts its trainable parameters from the model's `Parts` (`spec.trainable_estimate(parts)`,
 in the method's folder); a method that declares no estimate gets no row.
 
-Per trainable parameter (AdamW): two fp32 moments (8 B), plus a 4 B fp32 master copy when the engine keeps one
+Per trainable parameter: the optimizer's moments (`optim` spec's `state_bytes()`: 8 B for AdamW's two fp32
+moments, about 2 B for 8-bit ones, 1 B for 4-bit ones), plus a 4 B fp32 master copy when the engine keeps one
 (ZeRO >= 1, or weights stored in bf16/fp16), plus its gradient (4 B, or 2 B for half-precision weights at
-ZeRO-0). ZeRO divides optimizer states over ranks from stage 1, gradients from stage 2, weights at stage 3.
-Activations are not included (they depend on batch, sequence length and checkpointing).
+ZeRO-0). Weights: every parameter in the training dtype (4 B, 2 B for bf16/fp16), except that a quantized base
+stores the linear weights of its decoder layers as the `quant` spec's `weight_bytes(numel, rows)` says (codes and
+scales); a tuning method that does not train base weights adds its own (adapter) parameters in the training
+dtype. ZeRO divides optimizer states over ranks from stage 1, gradients from stage 2, weights at stage 3.
+Activations are not included (they depend on batch, sequence length and checkpointing), nor are the few small
+tensors that low-bit optimizers keep in fp32.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class Parts:
     per_layer: int  # parameters of one decoder layer
     n_layers: int
     linear_in_out: int  # sum of in + out features over the linear layers of one decoder layer
+    linear_weights: int = 0  # elements of the linear layers' weight matrices in one decoder layer
+    linear_rows: int = 0  # their output rows (sum of out features)
 
     @property
     def total(self) -> int:
@@ -47,16 +54,24 @@ def parts(config) -> Parts:
     for p in model.parameters():  # tied tensors are listed once
         if id(p) not in owner:
             counts["embed" if id(p) in embed_ids else "head" if head is not None and p is head.weight else "other"] += p.numel()
-    linear = sum(m.in_features + m.out_features for m in layers[0].modules() if isinstance(m, nn.Linear))
+    linears = [m for m in layers[0].modules() if isinstance(m, nn.Linear)]
     return Parts(counts["embed"], counts["head"], counts["other"], sum(p.numel() for p in layers[0].parameters()),
-                 len(layers), linear)
+                 len(layers), sum(m.in_features + m.out_features for m in linears),
+                 sum(m.weight.numel() for m in linears), sum(m.out_features for m in linears))
 
 
-def per_rank_bytes(p: Parts, n_trainable: int, zero_stage: int, world: int, half_weights: bool) -> dict[str, float]:
+def per_rank_bytes(p: Parts, n_trainable: int, zero_stage: int, world: int, half_weights: bool,
+                   state_bytes: float = 8.0, quantized=None, adapter: bool = False) -> dict[str, float]:
+    """`quantized(numel, rows)`: bytes of one quantized linear weight (None: no quantized base); `adapter`: the
+    trainable parameters are added to the model (not base weights)."""
+    dtype = 2 if half_weights else 4
     master = 4 if (zero_stage >= 1 or half_weights) else 0
-    optim = n_trainable * (8 + master) / (world if zero_stage >= 1 else 1)
+    optim = n_trainable * (state_bytes + master) / (world if zero_stage >= 1 else 1)
     grads = n_trainable * (2 if half_weights and zero_stage == 0 else 4) / (world if zero_stage >= 2 else 1)
-    weights = p.total * (2 if half_weights else 4) / (world if zero_stage == 3 else 1)
+    weights = p.total * dtype
+    if quantized is not None:
+        weights += p.n_layers * (quantized(p.linear_weights, p.linear_rows) - p.linear_weights * dtype)
+    weights = (weights + (n_trainable * dtype if adapter else 0)) / (world if zero_stage == 3 else 1)
     return {"optimizer": optim, "gradients": grads, "weights": weights, "total": optim + grads + weights}
 
 
@@ -65,6 +80,7 @@ def table(config, specs: dict, world: int, baselines: list) -> list[dict]:
     baseline of its name or coming last; only estimable methods get a row."""
     p = parts(config)
     z, half = specs["zero"].stage, specs["precision"].params != "fp32"
+    state, q = specs["optim"].state_bytes(), specs["quant"]
     chosen = specs["peft"]
     mine = chosen.trainable_estimate(p)
     rows = [chosen if b.name == chosen.name and mine else b for b in baselines]
@@ -76,8 +92,10 @@ def table(config, specs: dict, world: int, baselines: list) -> list[dict]:
         if estimate is None:
             continue
         label, n = estimate
+        base = spec.caps.trains_base_weights  # such a row trains an unquantized base (a quantized one is refused)
+        quantized = None if base or q.weight_bytes(1, 1) is None else q.weight_bytes
         out.append({"method": label, "chosen": spec is chosen, "trainable": n, "total_params": p.total,
-                    **per_rank_bytes(p, n, z, world, half)})
+                    **per_rank_bytes(p, n, z, world, half, state, quantized, adapter=not base)})
     return out
 
 

@@ -247,7 +247,20 @@ def _allowed() -> list:
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, *_optimizer_state_classes()]
+
+
+def _optimizer_state_classes() -> list:
+    """Tensor subclasses that torchao's low-bit optimizers (optim=ao_adamw8bit, ao_adamw4bit) keep their moments in:
+    only when such an optimizer is in use (it imported them), so a run without one refuses them too."""
+    import sys
+
+    if "torchao.optim" not in sys.modules:
+        return []
+    from torchao.optim.subclass_4bit import OptimState4bit
+    from torchao.optim.subclass_8bit import OptimState8bit
+
+    return [OptimState4bit, OptimState8bit]
 
 
 def _safe_torch_load():
@@ -255,10 +268,10 @@ def _safe_torch_load():
     the three plain data classes DeepSpeed pickles allowed, so a planted pickle payload cannot run."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    allowed = _allowed()
-
     def load(self, path: str, map_location=None):
-        with torch.serialization.safe_globals(allowed):
+        if callable(map_location):  # DeepSpeed's only one is `lambda storage, loc: storage`: the CPU. torch refuses
+            map_location = "cpu"  # callables for tensor subclasses (torchao's optimizer states)
+        with torch.serialization.safe_globals(_allowed()):
             try:
                 return torch.load(path, map_location=map_location, weights_only=True)
             except Exception as e:  # noqa: BLE001 - any unpickling failure means: do not trust this file

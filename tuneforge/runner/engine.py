@@ -129,7 +129,7 @@ class Engine:
     # ------------------------------------------------------------------ training
     @property
     def lr(self) -> float:
-        return self.ds.get_lr()[0]
+        return float(self.ds.get_lr()[0])  # torchao optimizers keep lr as a tensor
 
     @property
     def module(self) -> torch.nn.Module:

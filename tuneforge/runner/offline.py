@@ -65,10 +65,9 @@ def export_run(run_dir: Path, overrides: list[str] = (), log=None) -> Path:
     run = Run.load(run_dir)
     stages = run_export_stages(run.cfg, list(overrides))
     specs, tok, model, method = rebuild(run)
-    out = Path(run_dir) / "export"
+    out, train = Path(run_dir) / "export", functools.partial(retrain, run)
     for variant in method.variants() or [None]:
         dest = out if variant is None else out / variant
-        train = functools.partial(retrain, run)
         run_stages(model, stages, ExportContext(method, specs, tok, dest, variant, log, train))
     return out
 

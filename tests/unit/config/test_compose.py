@@ -16,11 +16,15 @@ from tuneforge.errors import InputError
 NEEDS = {
     ("zero", "zero3_nvme"): ["zero.nvme_path=/tmp"],
     ("precision", "fp16"): ["trainer.device=cuda"],
+    ("precision", "fp8"): ["precision.emulate=true"],  # on a CPU: the emulation (FP8 kernels need CUDA cc >= 8.9)
+    ("optim", "paged_adamw8bit"): ["trainer.device=cuda"],  # CUDA unified memory
+    ("optim", "paged_adamw32bit"): ["trainer.device=cuda"],
     ("peft", "mtlora"): ["data.ops=[+,-]", "data.tasks=[add,sub]"],  # multi-task data
     ("peft", "qlora"): ["quant=nf4"],  # QLoRA = LoRA on a 4-bit base (a cross-axis check)
     ("quant", "nf4"): ["peft=qlora"],
     ("peft", "e2e_qp"): ["quant=efficientqat"],  # E2E-QP trains the step sizes of an EfficientQAT base
     ("quant", "efficientqat"): ["peft=e2e_qp"],
+    ("quant", "int8"): ["peft=qlora"],
     **{("data", n): [f"data.path=pkg://tuneforge/data/examples/{n}.{'txt' if n == 'text' else 'jsonl'}"]
        for n in ("jsonl", "alpaca", "sharegpt", "chat", "qa", "text")},
 }

@@ -213,7 +213,7 @@ def test_exported_gptq_model_gives_the_fake_quant_logits(built, tmp_path):
 
 @pytest.mark.parametrize("overrides,fix", [
     (["peft=lora"], "quant=efficientqat with peft=lora: 4-bit integer bases are trained with peft=e2e_qp"),
-    (["peft=qlora"], "use quant=nf4, or peft=e2e_qp"),
+    (["peft=qlora"], "quant=efficientqat bases are trained with peft=e2e_qp: use quant=nf4"),
     (["quant=nf4"], "use quant=efficientqat, or peft=qlora"),
     (["quant=none"], "peft=e2e_qp needs a quantized base: add quant=efficientqat"),
     (["zero=zero3"], "use zero=zero2"),

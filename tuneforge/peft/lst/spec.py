@@ -15,7 +15,7 @@ class LstSpec(Spec):
     gate_init: float = knob(0.0, "alpha_i at init (0: mu_i = 0.5, backbone ladder and side path mixed equally)")
     init: str = knob("fisher", "side blocks start as the backbone pruned by Fisher information on training samples "
                                "(fisher, the authors' fisher-v2), by weight magnitude (magnitude), or random")
-    fisher_samples: int = knob(64, "training samples (one at a time) whose squared gradients sum to the Fisher "
+    fisher_samples: int = knob(64, "training samples whose squared per-sample gradients sum to the Fisher "
                                    "information of init=fisher (the authors use 1024)")
     drop_every: int = knob(4, "layer dropping: no side block for backbone layers 0, k, 2k, ... (k=4: the authors' "
                               "T5-base setting, layers 1, 5, 9 of 12 dropped); 0 keeps a side block for every layer")

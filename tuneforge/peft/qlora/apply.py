@@ -1,5 +1,6 @@
 """`peft=qlora`: QLoRA (Dettmers et al., 2023, arXiv 2305.14314): LoRA adapters trained through a frozen 4-bit
-NF4 base, via HF PEFT (LoRA's bitsandbytes `Linear4bit` layer) on `quant=nf4`.
+NF4 base, via HF PEFT (LoRA's bitsandbytes `Linear4bit` layer) on `quant=nf4`; the same adapters train on an
+LLM.int8() base (`quant=int8`, PEFT's `Linear8bitLt` LoRA layer), as in the paper's 8-bit baselines.
 
 Eq. (5): Y = X doubleDequant(c1, c2, W_nf4) + s X L1 L2, with the base dequantized to the compute dtype (bf16
 in the paper, fp32 on CPU) on the fly and gradients flowing only into the LoRA factors L1, L2 (s = alpha / r).
@@ -7,7 +8,7 @@ The model is first prepared for k-bit training (`peft.prepare_model_for_kbit_tra
 half-precision non-quantized weights upcast to fp32).
 
 Export (`merged`) never re-quantizes: each adapted layer becomes a plain nn.Linear holding
-dequant(W_nf4) + s B A computed in fp32, and every other 4-bit layer is dequantized, so the exported model is an
+dequant(W_nf4) + s B A computed in fp32, and every other 4-bit (or 8-bit) layer is dequantized, so the exported model is an
 ordinary fp32 Hugging Face model whose outputs equal the quantized+adapter model's up to float rounding.
 (PEFT's own merge_and_unload on 4-bit layers re-quantizes the merged weight, which loses the update's detail.)
 """
@@ -30,8 +31,8 @@ class QLora(Lora):
     def apply(self, model, ctx):
         from peft import prepare_model_for_kbit_training
 
-        if not getattr(model, "is_loaded_in_4bit", False):
-            raise ValueError("peft=qlora needs a 4-bit base: add quant=nf4")
+        if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+            raise ValueError("peft=qlora needs a k-bit base: add quant=nf4 (or quant=int8)")
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing(model))
         return super().apply(model, ctx)
 
@@ -40,13 +41,13 @@ class QLora(Lora):
         from peft.tuners.lora import LoraLayer
         from torch import nn
 
-        from tuneforge.models.kbit import dequantize, dequantize_weight, replace_modules
+        from tuneforge.models.kbit import dense_weight, dequantize, replace_modules
 
         def make(m):
             if not isinstance(m, LoraLayer):
                 return None
             base = m.get_base_layer()
-            w = dequantize_weight(base.weight).float() if hasattr(base.weight, "quant_state") else base.weight.float()
+            w = dense_weight(base).float()
             for name in m.active_adapters:
                 if name in m.lora_A:
                     w = w + m.get_delta_weight(name).float()

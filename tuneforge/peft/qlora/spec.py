@@ -8,6 +8,6 @@ from tuneforge.peft.lora.spec import LoraSpec
 
 @dataclass
 class QLoraSpec(LoraSpec):
-    name: str = knob("qlora", "LoRA on a 4-bit NF4 base (needs quant=nf4): HF PEFT + bitsandbytes")
+    name: str = knob("qlora", "LoRA on a k-bit base (needs quant=nf4, or quant=int8): HF PEFT + bitsandbytes")
 
-    caps = Caps(needs_quantized_base="quant=nf4", fix="use peft=lora")
+    caps = Caps(needs_quantized_base="quant=nf4 (or quant=int8)", fix="use peft=lora")

@@ -35,6 +35,9 @@ Departures from the reference, and why:
   different curve); here the closed form eta_min + (lr - eta_min)(1 + cos(pi t / T)) / 2.
 - The zero point is kept as an integer in [0, 2^N - 1] (the reference rounds and clamps it the same way in the
   forward, but stores the unclamped real value until packing).
+- Memory in training: each code is held unpacked in a uint8 (1 byte per weight, 2-4x the packed size; the
+  reference's E2E-QP keeps GPTQ-packed int32 words and dequantizes with a Triton kernel). Packing them in
+  training is left for later; the export is packed.
 - Early stopping on the validation loss (reference default off) is not provided; the validation loss is logged.
 """
 

@@ -36,6 +36,11 @@ class EfficientQATSpec(Spec):
     def weight_lr_value(self) -> float:
         return self.weight_lr if self.weight_lr >= 0 else (2e-5 if self.bits == 2 else 1e-5)
 
+    def weight_bytes(self, numel, rows):
+        """In training: one uint8 code per weight (unpacked, see the module docstring), and per group of
+        group_size a uint8 zero point and an fp32 step size. The GPTQ export packs the codes to bits/8 bytes."""
+        return numel + 5 * numel / self.group_size
+
     def cross_problems(self, specs):
         if specs["zero"].stage == 3:
             return ["quant=efficientqat under ZeRO-3: Block-AP trains whole blocks when the model is built, and the "

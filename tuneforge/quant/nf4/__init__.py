@@ -34,6 +34,11 @@ class Nf4Spec(Spec):
     def problems(self):
         return one_of(self, "blocksize", (32, 64, 128, 256, 512, 1024, 2048, 4096))
 
+    def weight_bytes(self, numel, rows):
+        """4-bit codes; one absmax per block: fp32, or with double quantization 8-bit plus one fp32 per 256 blocks."""
+        blocks = numel / self.blocksize
+        return numel / 2 + (blocks + 4 * blocks / 256 if self.double_quant else 4 * blocks)
+
 
 @register("quant", "nf4", config=Nf4Spec)
 class Nf4(Quantizer):
