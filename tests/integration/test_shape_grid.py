@@ -34,6 +34,11 @@ REJECTED = {
                             "(and 3 more linears): set peft.r to a divisor of 32, e.g. peft.r=32",
     ("tiny_gqa", "bone"): "peft.r=64 does not divide the 96 input features of model.layers.0.self_attn.q_proj "
                           "(and 13 more linears): set peft.r to a divisor of 8, e.g. peft.r=8",
+    ("tiny_llama", "l4q"): "peft.group_size=128 does not divide the 64 input features of "
+                           "model.layers.0.self_attn.q_proj (and 11 more linears): set peft.group_size to a divisor "
+                           "of 64, e.g. peft.group_size=64",
+    ("tiny_gqa", "l4q"): "peft.group_size=128 does not divide the 96 input features of model.layers.0.self_attn.q_proj "
+                         "(and 13 more linears): set peft.group_size to a divisor of 8, e.g. peft.group_size=8",
 }
 
 
