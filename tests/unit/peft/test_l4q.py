@@ -173,3 +173,28 @@ def test_exported_integer_model_computes_the_training_forward(tmp_path):
 def test_impossible_combinations_name_the_fix(overrides, fix):
     with pytest.raises(InputError, match=fix):
         compose(overrides)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_the_cpu_reference():
+    """The same layer on CUDA (fp32, TF32 off) gives the CPU's codes, output and gradients (float tolerance)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    layer = L4QLinear(nn.Linear(64, 32), r=4, alpha=8.0, bits=BITS, group=16, gen=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.05)
+    x = torch.randn(3, 64)
+    runs = []
+    for device in ("cpu", "cuda"):
+        lay = L4QLinear(nn.Linear(64, 32), r=4, alpha=8.0, bits=BITS, group=16, gen=torch.Generator().manual_seed(0))
+        lay.load_state_dict(layer.state_dict())
+        lay.to(device)
+        xd = x.to(device).requires_grad_()
+        y = lay(xd)
+        y.square().sum().backward()
+        runs.append([t.cpu() for t in (lay.codes(), y, xd.grad, lay.lora_A.grad, lay.lora_B.grad, lay.q_scale.grad,
+                                       lay.q_offset.grad)])
+    assert torch.equal(runs[0][0], runs[1][0])  # the same integer weights
+    for name, a, b in zip(("y", "dx", "dA", "dB", "ds", "db"), runs[0][1:], runs[1][1:]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
