@@ -26,8 +26,9 @@ class L4qSpec(Spec):
         return out + ([] if 2 <= self.bits <= 8 else [f"bits={self.bits} must be in 2..8 (codes are stored as int8)"])
 
     def trainable_estimate(self, parts):
-        """LoRA's r x (in + out) per adapted linear; the scales and offsets (2 x out x in / group_size) are not
-        counted."""
-        if list(self.target_modules) != ["all-linear"]:
+        """LoRA's r x (in + out) per adapted linear plus a scale and an offset per group of group_size weights
+        (the layer's parameters, norms included, stand in for its linear weights: off by 2 x hidden / group)."""
+        if list(self.target_modules) != ["all-linear"] or not self.group_size:
             return None
-        return f"L4Q r={self.r} all-linear (+ scales, offsets)", parts.n_layers * parts.linear_in_out * self.r
+        lora, quant = parts.linear_in_out * self.r, 2 * (parts.per_layer // self.group_size)
+        return f"L4Q r={self.r} all-linear + scales, offsets", parts.n_layers * (lora + quant)
