@@ -1,6 +1,9 @@
 """`peft=l4q`: L4Q, parameter-efficient quantization-aware fine-tuning (Jeon, Kim & Kim, ACL 2025,
 arXiv 2402.04902). HF PEFT does not have it and the authors released no code; this is tuneforge's own, written from
-the paper's Section 3 (layer design, memory-efficient backward, quantization-parameter initialization).
+the paper's Section 3 (layer design, memory-efficient backward, quantization-parameter initialization). Sources
+checked (offline): the abstract and two published summaries of Section 3 that reproduce its equations (the
+paper's own text was not readable here, so its equation numbers are not cited), and LSQ / LSQ+ for the quantizer's
+gradients, which L4Q adopts.
 
 The layer (Sec. 3, "fully-quantized linear layer"): LoRA is merged into the pretrained weight *before* the
 quantizer, so the trained model is one integer matrix per linear, with no adapter beside it:
@@ -35,8 +38,8 @@ Departures from the paper, and why:
     two matmuls in bf16): the codes must not depend on bf16 rounding of W'.
   - The paper's experiments quantize every linear of the decoder layers (q/k/v/o, gate/up/down); so does
     `target_modules=[all-linear]`. Embeddings and the LM head stay in full precision, as there.
-  - No warm-up phase (the first arXiv version trained Q(W0) + k B A for some steps first; the published version
-    quantizes the merged weight from the first step).
+  - No warm-up phase: a summary of the first arXiv version describes a warm-up with Q(W0) + k B A before
+    quantizing the merged weight; the published (ACL) version's layer quantizes the merged weight from the start.
 """
 
 from __future__ import annotations
