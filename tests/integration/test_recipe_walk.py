@@ -22,6 +22,7 @@ RUN_ELSEWHERE = {
     "quickstart_tiny": "tests/integration/*",
     "lisa_tiny": "tests/contracts/test_lisa.py",
     "qlora_tiny": "tests/contracts/test_lora_variants.py",
+    "coat_tiny": "tests/unit/precision/test_coat.py",
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 

@@ -42,6 +42,7 @@ class Caps:
     # optimizers
     eight_bit_states: bool = False  # optimizer moments stored block-wise in 8 bits
     client_optimizer: bool = False  # built by tuneforge and handed to DeepSpeed (not DeepSpeed's own)
+    partitioned_states: str = ""  # optimizer states quantized per group of each rank's flat ZeRO partition
     # any option
     fix: str = ""  # how to drop this option's demands on its own axis, e.g. "set peft.init=random"
 
