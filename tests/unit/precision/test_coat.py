@@ -173,3 +173,50 @@ def test_zero2_run_resumes_bitwise_and_refuses_a_topology_change(tmp_path):
         checkpoint.convert(step4)
     assert "cannot be converted to the universal format" in str(e.value) and "Resume it as it was written (1 rank" \
         in str(e.value)
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["torch on cuda", "qoptim_cuda kernel"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_optimizer_step_matches_the_cpu_reference(kernel, monkeypatch):
+    """The CUDA step (the reference's compiled kernel where `qoptim_cuda` imports, else the same torch code on
+    the GPU) against the CPU reference: 20 steps of the same gradients, the weights and dequantized moments
+    within FP8 tolerance."""
+    from tuneforge.precision.coat import optimizer as coat_optimizer
+
+    if kernel and coat_optimizer._cuda_kernels() is None:
+        pytest.skip("qoptim_cuda (NVlabs/COAT's optimizer kernels, sources in the fp8-coat package) is not built")
+    if not kernel:
+        monkeypatch.setattr(coat_optimizer, "_cuda_kernels", lambda: None)
+    torch.manual_seed(0)
+    w = torch.randn(4096) * 0.1
+    grads = [torch.randn(4096) * 10 ** torch.empty(4096).uniform_(-6, -2) for _ in range(20)]
+    params = {dev: w.clone().to(dev) for dev in ("cpu", "cuda")}
+    opts = {dev: CoatAdamW([p], lr=1e-3, weight_decay=0.01) for dev, p in params.items()}
+    for g in grads:
+        for dev, p in params.items():
+            p.grad = g.to(dev)
+            opts[dev].step()
+    torch.testing.assert_close(params["cuda"].cpu(), params["cpu"], rtol=1e-3, atol=1e-5)
+    for m in ("exp_avg", "exp_avg_sq"):
+        a, b = (opts[dev].moment(opts[dev].state[params[dev]], m).cpu() for dev in ("cuda", "cpu"))
+        assert (a - b).norm() <= 0.05 * b.norm()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_activation_compression_matches_the_cpu_reference():
+    """The compressed block on CUDA under bf16 autocast against the same block on CPU: outputs and gradients
+    within bf16/FP8 tolerance."""
+    blocks = {dev: _block().to(dev) for dev in ("cpu", "cuda")}
+    x = torch.randn(4, 32, 64) * 3
+    grads = {}
+    for dev, block in blocks.items():
+        compress(block)
+        xd = x.to(dev).requires_grad_()
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            out = block(xd)
+        out.float().sum().backward()
+        grads[dev] = [out.detach().float().cpu(), xd.grad.cpu(), *[p.grad.cpu() for p in block.parameters()]]
+    for a, b in zip(grads["cuda"], grads["cpu"]):
+        assert (a - b).norm() <= 0.05 * b.norm()
