@@ -88,8 +88,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     ap.add_argument("--bytes-only", action="store_true", help="optimizer-state and activation bytes only (1 step)")
+    ap.add_argument("--workdir", default="", help="where the runs go (default: a new /tmp/precision-compare-*)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    import tempfile
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="precision-compare-"))
     common = [*COMMON, f"trainer.micro_batch_size={args.batch}", *args.overrides]
     steps = 1 if args.bytes_only else args.steps
     chosen = [r for r in ROWS if not args.rows or r in args.rows.split(",")]
@@ -99,7 +103,9 @@ def main() -> None:
         results[name] = missing(need) or {"act": saved_activation_bytes([*common, *overrides], args.batch)}
         if isinstance(results[name], str):
             continue
-        s, rows = read(train(*common, *overrides, f"trainer.max_steps={steps}"))
+        cwd = workdir / name.split()[0]
+        cwd.mkdir(parents=True, exist_ok=True)
+        s, rows = read(train(*common, *overrides, f"trainer.max_steps={steps}", cwd=cwd))
         results[name].update(state=s["optimizer_state_bytes"], peak=s["peak_memory_mb"],
                              tps=statistics.median([r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:] or [0]),
                              loss=[r["loss"] for r in rows if "loss" in r][-1], eval=s["eval"].get("eval_loss"))

@@ -57,12 +57,14 @@ def test_range_expansion_beats_plain_e4m3_within_the_range_bound(dynamic_range, 
     assert err(expanded) < err(plain), (err(expanded), err(plain))
 
 
-def test_zero_and_flat_groups_round_trip_exactly():
-    opt = CoatAdamW([torch.zeros(256)])
-    x = torch.cat([torch.zeros(128), torch.full((128,), -3e-5)])  # an all-zero group, a one-magnitude group
+def test_zero_and_flat_groups_round_trip():
+    opt = CoatAdamW([torch.zeros(384)])
+    near = torch.full((128,), 3e-4)
+    near[::7] *= 1.0000001  # R ~ 1 + 1e-7: an uncapped k ~ 1e8 overflows float32 to inf / inf = NaN
+    x = torch.cat([torch.zeros(128), torch.full((128,), -3e-5), near])  # all zero, one magnitude, nearly one
     st = opt.fresh_state(x)
     opt._store(st, "exp_avg", x)
-    torch.testing.assert_close(opt.moment(st, "exp_avg"), x, rtol=1e-6, atol=0)
+    torch.testing.assert_close(opt.moment(st, "exp_avg"), x, rtol=1e-5, atol=0)
 
 
 def _fit(opt_cls, **kw) -> list[float]:

@@ -19,7 +19,9 @@ Departures from the reference code, and why:
 - m0 is the true minimum non-zero magnitude of the group, as the paper states. The reference kernel's warp
   reduction keeps a thread's own zero as the minimum (then adds 1e-30), so a group with a zero in some lanes
   gets R ~ 1e30 and k ~ 1/8 (range compressed, not expanded). A group whose elements share one magnitude
-  (R = 1: the reference computes k = inf) takes k = 1; an all-zero group stores zeros exactly.
+  (R = 1: the reference computes k = inf) takes k = 1; an all-zero group stores zeros exactly. k is capped at
+  64: for R close to 1 the reference's k reaches thousands, and its float32 (|x|/c)^k and (M/c)^k overflow to
+  inf (q = inf/inf = NaN; seen on SmolLM2 at step 2). At k = 64 the float32 power error is ~1e-5 relative.
 - The AdamW update is torch's order (decay p by 1 - lr wd, then the Adam step); the reference kernel applies
   lr (m / denom + wd p) in one expression: equal up to float rounding.
 - Under ZeRO 1-2 the groups of 128 run along DeepSpeed's flat partition, so one group may span the end of one

@@ -7,7 +7,8 @@ Dynamic range expansion (paper section 4.2; the reference kernel fp8_adamw_cuda_
     y = sign(x) (|x| / c)^k,   s = (M / c)^k / 448,   q = E4M3(y / s)
     dequantized: x' = sign(q) (|q| s)^(1/k) c
 Without expansion (k = 1, c = 1) this is plain per-group absmax E4M3: s = M / 448.
-A group with a single magnitude (R = 1, any k fits) takes k = 1; an all-zero group stores q = 0, k = c = s = 1.
+A group with a single magnitude (R = 1, any k fits) takes k = 1; an all-zero group stores q = 0, k = c = s = 1;
+k is at most K_MAX = 64 (R < 1.2: the float32 power (|x|/c)^k with k in the thousands rounds to inf).
 
 Activations: `fp8(x, fmt, group)` quantizes per tensor (group=0) or per `group` consecutive elements, absmax
 scaling to the format's largest value (E4M3 448, E5M2 57344); `unfp8` undoes it.
@@ -22,6 +23,7 @@ import torch
 FORMATS = {"e4m3": (torch.float8_e4m3fn, 448.0), "e5m2": (torch.float8_e5m2, 57344.0)}
 E4M3, E4M3_MAX = FORMATS["e4m3"]
 LOG2_BOUND = math.log2(E4M3_MAX**2 / 2)  # the largest log2 R an expanded group may span
+K_MAX = 64.0  # beyond it float32's (|x|/c)^k loses more than float8 keeps (and overflows as R -> 1)
 
 
 def _grouped(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -40,10 +42,10 @@ def expand_quantize(x: torch.Tensor, group: int = 128, expand_min: int = 16, exp
     one = torch.ones_like(big)
     if expansion:
         small = torch.where(a > 0, a, torch.inf).amin(1)
-        log_r = torch.log2(big / small)
+        log_r = torch.log2(big) - torch.log2(small)  # no overflow of M / m0 for subnormal m0
         k = torch.floor(expand_min * LOG2_BOUND / log_r) / expand_min
-        k = torch.where(log_r > 0, k.clamp(min=1.0 / expand_min), one)
-        c = torch.where(empty, one, torch.sqrt(big * small))
+        k = torch.where(log_r > 0, k.clamp(min=1.0 / expand_min, max=K_MAX), one)
+        c = torch.where(empty, one, torch.sqrt(big) * torch.sqrt(small))  # M m0 may underflow (the kernel's order)
         k = torch.where(empty, one, k)
     else:
         k, c = one, one
