@@ -25,11 +25,13 @@ DIR = Path(__file__).resolve().parent
 PINNED = [f"trainer.max_steps={STEPS}", "trainer.threads=1"]
 WALK = ["trainer.eval_at_start=false", *PINNED]  # the recipe walk (tests/integration/test_recipe_walk.py)
 
-# tests/contracts/test_lisa.py and test_lora_variants.py run these with their own settings
+# tests/contracts/test_lisa.py, test_lora_variants.py and tests/unit/precision/test_coat.py run these with their
+# own settings
 OWN = {
     "lisa_tiny": ["recipe=lisa_tiny", *WALK, "data.n_eval=2"],  # exports every trained layer (2 ranks, ZeRO-3)
     "qlora_tiny": ["recipe=qlora_tiny", *PINNED, "trainer.save_every=0", "trainer.eval_at_start=true"],
     "int8_tiny": ["recipe=int8_tiny", *PINNED, "trainer.save_every=0", "trainer.eval_at_start=true"],
+    "coat_tiny": ["recipe=coat_tiny", *WALK, "trainer.save_every=2", "data.n_eval=2"],  # resumed from step 4
 }
 # every tiny twin but quickstart_tiny (the base that other tests run with their own overrides; its method,
 # LoRA, is pinned by lora_tiny)

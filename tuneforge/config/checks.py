@@ -28,7 +28,10 @@ Quantizers (quant): quantized_base (what the weights become, "4-bit") and traine
   such a base, named in the fix); whole_weights_at_build as above.
 Optimizers (optim): eight_bit_states (see the peft rows); client_optimizer: built by tuneforge, not DeepSpeed,
   so no ZeRO optimizer offload (it needs DeepSpeed's CPU Adam); opaque_states (why): per-parameter states that
-  cannot be copied out and back in (see the peft rows).
+  cannot be copied out and back in (see the peft rows). A precision mode that brings its own optimizer
+  declares these too (client_optimizer, eight_bit_states) and then stands for the optimizer in these checks.
+- partitioned_states (why): optimizer states quantized per group of   no ZeRO-3, no offload
+  each rank's flat ZeRO partition
 Any option: needs_cuda (why): refused when the run trains on the CPU. fix, how to drop its demands on its own
   axis (e.g. "set peft.init=random"), offered in the messages of its conflicts beside the fix on the other axis.
 
@@ -66,9 +69,16 @@ def _or(*fixes: str) -> str:
     return ", or ".join(f for f in fixes if f)
 
 
+def optimizer_owner(specs: dict):
+    """(group, spec) of the option that builds the optimizer: a precision mode that brings its own, else optim."""
+    p = specs["precision"]
+    return ("precision", p) if p.caps.client_optimizer else ("optim", specs["optim"])
+
+
 def cross_axis_problems(specs: dict) -> list[str]:
     out = []
-    p, z, o = specs["precision"], specs["zero"], specs["optim"]
+    p, z = specs["precision"], specs["zero"]
+    og, o = optimizer_owner(specs)
     if run_device(specs) == "cpu" and "fp16" in (p.params, p.compute):
         out.append(f"precision={p.name} needs a CUDA device: DeepSpeed's CPU engine has no fp16 path; "
                    "use precision=bf16 or precision=fp32 on CPU")
@@ -83,8 +93,12 @@ def cross_axis_problems(specs: dict) -> list[str]:
                 f"{s.caps.fix or 'choose another ' + g}" for g, s in specs.items() if getattr(s, "caps", None)
                 and s.caps.needs_cuda]
     if z.offload_optimizer != "none" and o.caps.client_optimizer:
-        out.append(f"optim={o.name} cannot run with ZeRO optimizer offload (DeepSpeed offload needs its own CPU "
+        out.append(f"{og}={o.name} cannot run with ZeRO optimizer offload (DeepSpeed offload needs its own CPU "
                    f"Adam): {_or(o.caps.fix, 'a zero preset without offload')}")
+    for group, s in specs.items():
+        if s.caps.partitioned_states and (z.stage == 3 or z.offload_param != "none"):
+            out.append(f"{group}={s.name} {s.caps.partitioned_states}, which ZeRO-3 and ZeRO offload do not keep: "
+                       f"use zero=zero2 (or zero0, zero1), or {s.caps.fix}")
     if z.nvme_path and "nvme" in (z.offload_optimizer, z.offload_param) and not os.path.isdir(z.nvme_path):
         out.append(f"zero.nvme_path={z.nvme_path} does not exist: point it at a directory on a fast local disk")
     out += _weights_problems(specs) + _quant_problems(specs) + _optimizer_state_problems(specs)
@@ -139,12 +153,13 @@ def _quant_problems(specs: dict) -> list[str]:
 
 def _optimizer_state_problems(specs: dict) -> list[str]:
     """Methods that read or write the optimizer's per-parameter state against 8-bit states and NVMe offload."""
-    m, z, p, o = specs["peft"], specs["zero"], specs["precision"], specs["optim"]
+    m, z, p = specs["peft"], specs["zero"], specs["precision"]
+    og, o = optimizer_owner(specs)
     nvme, out = "nvme" in (z.offload_optimizer, z.offload_param), []
     if m.caps.carries_optimizer_state:
         when = m.caps.carries_optimizer_state
         if o.caps.eight_bit_states and (z.stage > 0 or p.params != "fp32"):
-            out.append(f"peft={m.name} with optim={o.name} needs zero=zero0 and fp32 weights (8-bit states are "
+            out.append(f"peft={m.name} with {og}={o.name} needs zero=zero0 and fp32 weights (8-bit states are "
                        f"carried {when} only as whole per-parameter tensors): {_or(o.caps.fix, 'zero=zero0')}")
         if o.caps.opaque_states:
             out.append(f"peft={m.name} carries optimizer state {when}, which optim={o.name} cannot hand over "
@@ -161,7 +176,7 @@ def _optimizer_state_problems(specs: dict) -> list[str]:
                        "zero2")
     if m.caps.element_steps and o.caps.client_optimizer and not (m.caps.writes_optimizer_rows and o.caps.eight_bit_states):
         out.append(f"peft={m.name} needs an Adam step count per element (restarted rows take fresh Adam steps), "
-                   f"which optim={o.name} does not keep: {o.caps.fix or 'use an optimizer that DeepSpeed builds'}")
+                   f"which {og}={o.name} does not keep: {o.caps.fix or 'use an optimizer that DeepSpeed builds'}")
     return out
 
 

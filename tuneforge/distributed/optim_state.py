@@ -178,6 +178,18 @@ def held_numel(engine) -> int:
     return moments + sum(f.numel() for f in _flats(engine))
 
 
+def held_bytes(engine) -> int:
+    """Bytes of optimizer state this rank holds: every tensor of the optimizer's state at its own dtype (moments,
+    8-bit or FP8 codes and their scales, step counters) plus the fp32 master copies where the engine keeps them
+    apart from the model's weights (bf16/fp16 weights, ZeRO 1-3 partitions)."""
+    k = kind(engine)
+    inner = engine.optimizer if k == "plain" else engine.optimizer.optimizer
+    out = sum(v.numel() * v.element_size() for st in inner.state.values() for v in st.values() if torch.is_tensor(v))
+    if k == "unfused":
+        return out + sum(hp.numel() * hp.element_size() for g in engine.optimizer.fp32_groups for hp in g)
+    return out + (0 if k == "plain" else sum(f.numel() * f.element_size() for f in _flats(engine)))
+
+
 def has_state(engine, p) -> bool:
     """Whether the engine keeps optimizer state (or an fp32 master partition) for parameter `p`."""
     k = kind(engine)

@@ -317,6 +317,15 @@ def convert(path: Path) -> Path:
     if read_meta(path).get("zero_stage", 0) == 0:
         raise InputError([f"{path} is a ZeRO-0 checkpoint: it needs no conversion (it resumes on any number of "
                           "ranks at ZeRO-0)"])
+    grouped = _grouped_states(path)
+    if grouped:
+        meta = read_meta(path)
+        raise InputError([f"{path} cannot be converted to the universal format: its optimizer states {grouped} hold "
+                          "one value per group of elements of each rank's flat ZeRO partition (e.g. the scales of "
+                          "FP8 states), which cannot be cut into per-parameter pieces for another topology. Resume "
+                          f"it as it was written ({meta['world_size']} rank(s), zero=zero{meta.get('zero_stage')}), "
+                          f"or export its weights (`tuneforge export run_dir={path.parent.parent}`) and start a new "
+                          "run from them (model.path=<run_dir>/export)"], title="checkpoint not convertible")
     incoming, final = path / f"{INCOMING}{UNIVERSAL}", path / UNIVERSAL
     shutil.rmtree(incoming, ignore_errors=True)
     proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(path),
@@ -330,6 +339,21 @@ def convert(path: Path) -> Path:
     write_json_atomic(incoming / MARKER, {**read_meta(path), "universal": True, "files": _manifest(incoming)})
     _commit(incoming, final)
     return final
+
+
+def _grouped_states(path: Path) -> list[str]:
+    """Optimizer-state keys of a ZeRO-1/2 checkpoint holding fewer values than the rank's partition (one per
+    group of elements, not one per element): they have no per-parameter fragments."""
+    files = sorted(path.glob("*zero_pp_rank_0_*optim_states.pt"))
+    if not files:
+        return []
+    with torch.serialization.safe_globals(_allowed()):
+        sd = torch.load(files[0], map_location="cpu", weights_only=True)["optimizer_state_dict"]
+    flats = sd.get("single_partition_of_fp32_groups") or []
+    states = sd.get("base_optimizer_state", {})
+    states = states.get("state", {}) if isinstance(states, dict) else {}
+    return sorted({k for g, st in states.items() for k, v in st.items() if torch.is_tensor(v) and v.dim() > 0
+                   and g < len(flats) and v.numel() != flats[g].numel()})
 
 
 def _extra_states(path: Path, out: Path) -> None:

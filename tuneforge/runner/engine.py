@@ -6,7 +6,7 @@
     rebuild(change)        release the engine (optimizer state, partitions), run change() -- which alters what
                            is trainable and returns the new parameter groups -- and build again
     release()              destroy the engine, leaving the model an ordinary module
-    state(p) / put_state(p, s) / materialize() / held_numel()
+    state(p) / put_state(p, s) / materialize() / held_numel() / held_bytes()
                            a parameter's optimizer state (fp32 master, Adam moments, step), any ZeRO stage
     lr, reset_schedule(total)
                            the learning rate of the next step; rebuild the schedule for a new total step count
@@ -125,6 +125,10 @@ class Engine:
     def held_numel(self) -> int:
         """Optimizer-state elements held by this rank."""
         return ostate.held_numel(self.ds)
+
+    def held_bytes(self) -> int:
+        """Optimizer-state bytes held by this rank (summary.json's optimizer_state_bytes)."""
+        return ostate.held_bytes(self.ds)
 
     # ------------------------------------------------------------------ training
     @property

@@ -382,6 +382,14 @@ class Runner:
             self.console = Console(self.run_dir if self.run_dir.is_dir() else None, main=dist.is_main())
         return self.console
 
+    def optimizer_state_bytes(self) -> int | None:
+        """Rank 0's optimizer-state bytes (None before the engine exists)."""
+        engine = getattr(self, "engine", None)
+        try:
+            return engine.held_bytes() if engine is not None and engine.ds is not None else None
+        except NotImplementedError:  # an engine kind optim_state does not know
+            return None
+
     def write_summary(self, status: str, error: str | None) -> None:
         if not dist.is_main():
             return
@@ -394,6 +402,7 @@ class Runner:
             "final_train_loss": self.history["loss"][-1] if self.history["loss"] else None,
             "eval_before": first if len(evals) > 1 else {}, "eval": last,
             "skipped_steps": self.skipped, "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
+            "optimizer_state_bytes": self.optimizer_state_bytes(),
             **getattr(self, "counts", {}), "world_size": dist.world(), "phase_s": self.phase_s,
             "run_dir": str(self.run_dir), "error": error,
         }
