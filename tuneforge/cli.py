@@ -43,7 +43,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "accelerate"):
+    # torchao (imported by PEFT when installed) and bitsandbytes warn at import that kernels they would fetch or
+    # load (CUDA builds, the kernels-community hub package) are not there; torchao also registers enums with
+    # torch.utils._pytree the deprecated way. Neither is the user's to fix.
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "accelerate", "torchao", "torch.utils._pytree",
+                 "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -4,7 +4,7 @@ weights load, naming the `peft.` key and a value that works. Zero crashes.
 The shapes: `model=tiny_llama` (hidden 64, 4 heads, 2 KV heads: k/v_proj 64 -> 32, MLP 128) and `model=tiny_gqa`
 (grouped-query attention, widths that are not powers of two: hidden 96, 3 heads, 1 KV head: k/v_proj 96 -> 32,
 MLP 200). Methods that need a partner option get the one their error tells a user to add: `peft=qlora` runs on
-`quant=nf4`; `peft=mtlora` needs multi-task data (`data.ops=[+,-] data.tasks=[add,sub]`).
+`quant=nf4`, `peft=e2e_qp` on `quant=efficientqat`; `peft=mtlora` needs multi-task data (`data.ops=[+,-] data.tasks=[add,sub]`).
 
 Cells run in this process through `tuneforge.cli.main` (one rank runs the Runner in-process), not one interpreter
 per cell. Each trains 3 steps on the same 4 quickstart rows (one micro-batch of 4 = the whole training set), so
@@ -23,7 +23,8 @@ from tuneforge.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = sorted(p.stem for p in (ROOT / "configs" / "peft").glob("*.yaml"))
 MODELS = ["tiny_llama", "tiny_gqa"]
-PARTNERS = {"qlora": ["quant=nf4"], "mtlora": ["data.ops=[+,-]", "data.tasks=[add,sub]"]}
+PARTNERS = {"qlora": ["quant=nf4"], "e2e_qp": ["quant=efficientqat"],
+            "mtlora": ["data.ops=[+,-]", "data.tasks=[add,sub]"]}
 # Cells whose defaults do not fit the model, and the problem the user is told (the rest must train).
 REJECTED = {
     ("tiny_llama", "switchlora"): "peft.r=128 exceeds the 32 output features of model.layers.0.self_attn.k_proj: "
@@ -39,6 +40,11 @@ REJECTED = {
                            "of 64, e.g. peft.group_size=64",
     ("tiny_gqa", "l4q"): "peft.group_size=128 does not divide the 96 input features of model.layers.0.self_attn.q_proj "
                          "(and 13 more linears): set peft.group_size to a divisor of 8, e.g. peft.group_size=8",
+    ("tiny_llama", "e2e_qp"): "quant.group_size=128 does not divide the input features of gate_proj (64), k_proj (64), "
+                              "o_proj (64), q_proj (64), up_proj (64), v_proj (64): use quant.group_size=64",
+    ("tiny_gqa", "e2e_qp"): "quant.group_size=128 does not divide the input features of down_proj (200), gate_proj (96)"
+                            ", k_proj (96), o_proj (96), q_proj (96), up_proj (96), v_proj (96): no supported group "
+                            "size (64 or 128) divides them",
 }
 
 

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from tuneforge.errors import InputError
 from tuneforge.quant import Quantizer
-from tuneforge.quant.efficientqat.spec import EfficientQATSpec
+from tuneforge.quant.efficientqat.spec import GROUP_SIZES, EfficientQATSpec
 from tuneforge.registry import register
 
 
@@ -63,12 +63,15 @@ class EfficientQAT(Quantizer):
         shape = describe(config)
         if shape is None:
             return []
+        widths = {x.in_features for x in shape.linears(["all-linear"])}
         bad = sorted({f"{x.name.rsplit('.', 1)[-1]} ({x.in_features})" for x in shape.linears(["all-linear"])
                       if x.in_features % spec.group_size})
-        if bad:
-            return [f"quant.group_size={spec.group_size} does not divide the input features of {', '.join(bad)}: "
-                    "use quant.group_size=64"]
-        return []
+        if not bad:
+            return []
+        fits = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths)]
+        fix = (f"use quant.group_size={fits[0]}" if fits else f"no supported group size ({' or '.join(map(str, GROUP_SIZES))}) "
+               "divides them: use a model whose linear widths are multiples of 64, or another quant option")
+        return [f"quant.group_size={spec.group_size} does not divide the input features of {', '.join(bad)}: {fix}"]
 
     def fingerprint(self) -> str:
         """What the quantized blocks depend on: a cache made for other settings is never reused."""

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from tuneforge.config.spec import Caps, Spec, knob, one_of, positive
 
+GROUP_SIZES = (64, 128)  # the reference's (and its GPTQ export's) group sizes
+
 
 @dataclass
 class EfficientQATSpec(Spec):
@@ -48,7 +50,7 @@ class EfficientQATSpec(Spec):
         return []
 
     def problems(self):
-        out = one_of(self, "bits", (2, 3, 4)) + one_of(self, "group_size", (64, 128))
+        out = one_of(self, "bits", (2, 3, 4)) + one_of(self, "group_size", GROUP_SIZES)
         out += one_of(self, "store", ("fp32", "bf16", "fp16"))
         out += positive(self, "samples", "seqlen", "batch_size", "quant_lr", "min_lr_factor")
         out += positive(self, "val_samples", "epochs", "clip_grad", allow_zero=True)
