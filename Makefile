@@ -23,8 +23,12 @@ $(VENV)/.ready: pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/tuneforge train
 
+# Two workers, one test file each at a time (a file's module fixtures are built once): most tests run one
+# rank on one thread, so two share a 2-core machine well. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(VENV)/bin/pytest -q --durations=25
+	$(VENV)/bin/pytest -q -rfE --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check tuneforge tests bench scripts
