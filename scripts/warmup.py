@@ -34,5 +34,8 @@ def build_deepspeed_ops():
 
 
 if __name__ == "__main__":
+    from tuneforge.cli import quiet_libraries
+
+    quiet_libraries()  # as every tuneforge command does: no import-time noise from the libraries
     step("SmolLM2 GGUF -> safetensors", convert_smollm2)
     step("DeepSpeed CPU ops", build_deepspeed_ops)

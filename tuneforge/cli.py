@@ -33,7 +33,7 @@ def _console(stderr: bool = False):
     return con
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     import logging
     import os
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuneforge.logging.secrets import redact
 
     args = parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except InputError as e:
