@@ -35,14 +35,15 @@ EXCLUDED = ("full", "freeze", "lisa")
 NEEDS = {"qlora": ["quant=nf4"],  # axes a method cannot run without
          "mtlora": ["data.ops=[+,-]", "data.tasks=[add,sub]"]}  # multi-task data: addition and subtraction problems
 SETTINGS = {"corda": ["peft.n_samples=64"]}  # bounded calibration (the default 256 takes ~4x longer on CPU)
-# The learning rate each paper's released scripts use for LLM fine-tuning, where it differs from the sweep's rates.
+# The learning rate each paper states for LLM fine-tuning, where it differs from the sweep's rates (from the papers'
+# setup sections; not yet checked line by line against each released training script).
 PAPER_LR = {
-    "pissa": 2e-5,  # PiSSA (arXiv 2404.02948) sec. 5: LLaMA-2-7B on MetaMathQA, lr 2e-5
+    "pissa": 2e-5,  # PiSSA (arXiv 2404.02948): LLaMA-2-7B on MetaMathQA, lr 2e-5
     "corda": 2e-5,  # CorDA (arXiv 2406.05223) follows PiSSA's training settings
     "bone": 2e-5, "miss": 2e-5,  # Bone / MiSS (arXiv 2409.15371): PiSSA's settings, lr 2e-5
     "qlora": 2e-4,  # QLoRA (arXiv 2305.14314) Table 9: 2e-4 for 7B and 13B models
     "dora": 2e-4,  # DoRA (arXiv 2402.09353) commonsense scripts: LLaMA-7B, r=32, lr 2e-4
-    "lst": 3e-3,  # LST (arXiv 2206.06522) sec. 4: T5 on GLUE, lr 3e-3
+    "lst": 3e-3,  # LST (arXiv 2206.06522): T5 on GLUE, lr 3e-3
 }
 COLUMNS = ["method", "trainable", "peak RSS MB", "tokens/s (median)", "exact match before", "after",
            "after, per task", "eval loss after", "run wall s"]
