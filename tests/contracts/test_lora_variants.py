@@ -278,20 +278,8 @@ def test_bone_forward_is_its_closed_form():
 def test_qlora_on_cuda_learns_and_exports(tmp_path):
     """The CUDA path of bitsandbytes' NF4 (the CPU path above is its reference): a real run on the GPU, bf16
     compute; the loss falls and the dequantized export reproduces the run's logits."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
 
-    run = run_dir_of(ok(tuneforge("train", "recipe=qlora_tiny", "trainer.device=cuda", "precision=bf16",
-                                  "trainer.max_steps=6", "trainer.save_every=0", "trainer.eval_at_start=false",
-                                  cwd=tmp_path)))
-    losses = train_losses(run)
-    assert summary(run)["status"] == "completed" and losses[-1] < losses[0], losses
-    ok(tuneforge("export", f"run_dir={run}", cwd=tmp_path))
-    probe = load_file(str(run / "final" / "probe.safetensors"))
-    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
-    with torch.no_grad():
-        logits = model(input_ids=probe["input_ids"]).logits
-    torch.testing.assert_close(logits, probe["logits"], rtol=5e-2, atol=1e-1)  # the run computed in bf16
+    cuda_run_learns_and_exports("qlora_tiny", tmp_path)
 
 
 @pytest.mark.gpu
@@ -301,8 +289,6 @@ def test_int8_on_cuda_matches_the_cpu_reference_learns_and_exports(tmp_path):
     one quantized layer's eval forward equals the CPU layer's; a real run on the GPU lowers the loss and its
     dequantized export reproduces the run's logits."""
     import bitsandbytes as bnb
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     w, x = torch.randn(32, 64) * 0.1, torch.randn(5, 64)
@@ -315,7 +301,16 @@ def test_int8_on_cuda_matches_the_cpu_reference_learns_and_exports(tmp_path):
         with torch.no_grad():
             outs.append(layer(x.to(device).half()).float().cpu())
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-2, atol=1e-2)  # fp16 outputs, different kernels
-    run = run_dir_of(ok(tuneforge("train", "recipe=int8_tiny", "trainer.device=cuda", "precision=bf16",
+    cuda_run_learns_and_exports("int8_tiny", tmp_path)
+
+
+def cuda_run_learns_and_exports(recipe: str, tmp_path) -> None:
+    """A 6-step bf16 run of `recipe` on the GPU lowers the loss, and its dequantized export reproduces the run's
+    logits (within bf16 / int8 rounding)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    run = run_dir_of(ok(tuneforge("train", f"recipe={recipe}", "trainer.device=cuda", "precision=bf16",
                                   "trainer.max_steps=6", "trainer.save_every=0", "trainer.eval_at_start=false",
                                   cwd=tmp_path)))
     losses = train_losses(run)
@@ -325,4 +320,4 @@ def test_int8_on_cuda_matches_the_cpu_reference_learns_and_exports(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
     with torch.no_grad():
         logits = model(input_ids=probe["input_ids"]).logits
-    torch.testing.assert_close(logits, probe["logits"], rtol=5e-2, atol=1e-1)  # the run computed in bf16 / int8
+    torch.testing.assert_close(logits, probe["logits"], rtol=5e-2, atol=1e-1)  # the run computed in bf16
