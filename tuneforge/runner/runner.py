@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from rich.markup import escape
 
-from tuneforge import registry
+from tuneforge import registry, selection
 from tuneforge.config.run import Run
 from tuneforge.data.batching import collate
 from tuneforge.data.encode import encode
@@ -148,9 +148,19 @@ class Runner:
         """The selector's choice: on rank 0 (it may write caches), or on every rank when it runs the model
         (ZeRO-3 forwards are collective); rank 0's choice is broadcast either way. A choice made with the model
         is kept in checkpoints (a resumed model would score differently)."""
-        ctx = SelectionContext(seed=self.t.seed, tokenizer=self.tok, run_dir=self.run_dir, model=model)
-        chosen = self.selector.select(self.data.pool, ctx) if model is not None or dist.is_main() else None
-        self.data.use(dist.broadcast_object(chosen), step=self.step if model is not None else None)
+        spec = self.specs["selection"]
+        key = selection.fingerprint(self.data.pool, [spec, self.specs["model"]], self.t.seed)
+        chosen = dist.broadcast_object(selection.saved_choice(self.run_dir, key) if dist.is_main() else None)
+        if chosen is not None:
+            self.console.print(f"selection: reused the {len(chosen)} samples chosen before "
+                               f"({self.run_dir / 'selection/selected.json'})")
+        else:
+            ctx = SelectionContext(seed=self.t.seed, tokenizer=self.tok, run_dir=self.run_dir, model=model)
+            chosen = self.selector.select(self.data.pool, ctx) if model is not None or dist.is_main() else None
+            chosen = dist.broadcast_object(chosen)
+            if spec.name != "none":
+                selection.save_choice(self.run_dir, key, chosen, len(self.data.pool))
+        self.data.use(chosen, step=self.step if model is not None else None)
         self.plan_steps()
 
     def plan_steps(self) -> None:

@@ -45,3 +45,21 @@ def test_loss_selector_keeps_the_highest_loss_samples(tokenizer, tiny_model_fact
     low = build_specs(compose(["selection=loss", "selection.count=2", "selection.keep=low"]))["selection"]
     assert registry.build("selection", low).select(samples, SelectionContext(0, tokenizer, None, model=model)) == \
         sorted(sorted(range(len(texts)), key=lambda i: want[i])[:2])
+
+
+def test_a_selection_is_saved_and_a_resumed_run_reuses_it(tmp_path):
+    """The initial choice is written to run_dir/selection/selected.json; resuming reads it back (same samples,
+    nothing selected again), and a different selection config selects afresh."""
+    import json
+
+    from tests.conftest import train_here
+
+    args = ["recipe=quickstart_tiny", "trainer.eval_at_start=false", "selection=random", "selection.fraction=0.5"]
+    run = train_here(*args, "trainer.max_steps=1", out=tmp_path / "run")
+    first = json.loads((run / "selection/selected.json").read_text())
+    assert first["kept"] == len(first["chosen"]) == first["pool"] // 2
+    train_here(*args, "trainer.max_steps=2", "trainer.resume=auto", out=run)
+    assert "selection: reused the" in (run / "train.log").read_text()
+    assert json.loads((run / "selection/selected.json").read_text()) == first
+    train_here(*args[:-1], "selection.fraction=0.25", "trainer.max_steps=1", out=tmp_path / "other")
+    assert json.loads((tmp_path / "other/selection/selected.json").read_text())["chosen"] != first["chosen"]

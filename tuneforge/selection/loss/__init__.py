@@ -9,7 +9,6 @@ written to <run_dir>/selection/step_<N>.json (chosen ids and every score).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from tuneforge.config.spec import Spec, knob, one_of, positive
 from tuneforge.data.batching import collate
 from tuneforge.distributed import dist
 from tuneforge.registry import register
-from tuneforge.selection import Selector, keep_count
+from tuneforge.selection import Selector, keep_count, record
 
 
 @dataclass
@@ -66,10 +65,7 @@ class LossTopK(Selector):
         sign = -1 if s.keep == "high" else 1
         order = sorted(range(len(samples)), key=lambda i: (sign * scores[i], i))
         chosen = sorted(order[:keep_count(s.fraction, s.count, len(samples))])
-        if dist.is_main() and run_dir is not None:
-            out = run_dir / "selection"
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"step_{step}.json").write_text(json.dumps({"step": step, "chosen": chosen, "scores": scores}))
+        record(run_dir, step, chosen, scores)
         return chosen
 
     def on_step_start(self, ctx) -> None:
