@@ -156,12 +156,18 @@ class Runner:
                                f"({self.run_dir / 'selection/selected.json'})")
         else:
             ctx = SelectionContext(seed=self.t.seed, tokenizer=self.tok, run_dir=self.run_dir, model=model)
+            t0 = time.time()
             chosen = self.selector.select(self.data.pool, ctx) if model is not None or dist.is_main() else None
             chosen = dist.broadcast_object(chosen)
+            self.selection_time(t0)
             if spec.name != "none":
                 selection.save_choice(self.run_dir, key, chosen, len(self.data.pool))
         self.data.use(chosen, step=self.step if model is not None else None)
         self.plan_steps()
+
+    def selection_time(self, since: float) -> None:
+        """Seconds spent selecting data (the initial choice and every re-selection): summary.json's phase_s."""
+        self.phase_s["selection"] = round(self.phase_s.get("selection", 0.0) + time.time() - since, 2)
 
     def plan_steps(self) -> None:
         spec, plan = self.specs["data"], self.data.plan
@@ -265,7 +271,10 @@ class Runner:
         faults.at_step(self.step)
         ctx = self.context()
         for hook in self.hooks:
+            t1 = time.time()
             hook.on_step_start(ctx)
+            if hook is self.selector:  # a re-selection's cost counts as selection time
+                self.selection_time(t1)
         lr, plan, samples = self.engine.lr, self.data.plan, self.data.samples
         loss_sum, tokens = 0.0, 0
         divisor = step_divisor(plan.trained_tokens(self.step, samples), plan.accum * plan.world)

@@ -58,6 +58,7 @@ def test_a_selection_is_saved_and_a_resumed_run_reuses_it(tmp_path):
     run = train_here(*args, "trainer.max_steps=1", out=tmp_path / "run")
     first = json.loads((run / "selection/selected.json").read_text())
     assert first["kept"] == len(first["chosen"]) == first["pool"] // 2
+    assert "selection" in json.loads((run / "summary.json").read_text())["phase_s"]  # its cost in seconds
     train_here(*args, "trainer.max_steps=2", "trainer.resume=auto", out=run)
     assert "selection: reused the" in (run / "train.log").read_text()
     assert json.loads((run / "selection/selected.json").read_text()) == first
