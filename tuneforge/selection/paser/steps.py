@@ -48,11 +48,13 @@ def spectral_nmf_clusters(emb: np.ndarray, k: int, seed: int) -> np.ndarray:
 def token_jsd(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence (nats) between the next-token distributions softmax(logits_p) and
     softmax(logits_q), per position (the last dimension is the vocabulary), in fp32."""
-    lp, lq = logits_p.float().log_softmax(-1), logits_q.float().log_softmax(-1)
-    lm = torch.logsumexp(torch.stack([lp, lq]), 0) - math.log(2.0)
-    kl_pm = (lp.exp() * (lp - lm)).sum(-1)
-    kl_qm = (lq.exp() * (lq - lm)).sum(-1)
-    return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
+    p, q = logits_p.float().softmax(-1), logits_q.float().softmax(-1)
+    m = 0.5 * (p + q)
+
+    def kl(a):  # KL(a || M), with 0 log 0 = 0 (M > 0 wherever a > 0); exactly 0 when a == M
+        return torch.where(a > 0, a * (a.log() - m.log()), torch.zeros_like(a)).sum(-1)
+
+    return (0.5 * (kl(p) + kl(q))).clamp(min=0.0)
 
 
 def allocate(cds: list[float], budget: int) -> list[int]:
