@@ -26,6 +26,8 @@ RUN_ELSEWHERE = {
     "int8_tiny": "tests/contracts/test_lora_variants.py",
     "coat_tiny": "tests/unit/precision/test_coat.py",
     "skillit_tiny": "tests/unit/selection/test_skillit.py",
+    "paser_tiny": "tests/unit/selection/test_paser.py",
+    "middo_tiny": "tests/unit/selection/test_middo.py",
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 
