@@ -23,7 +23,14 @@ ROWS = [{"prompt": f"What is {i} plus {i + 1}?", "response": f"It is {2 * i + 1}
 
 @pytest.fixture(autouse=True)
 def caches(tmp_path, monkeypatch):
-    """Every cache (tuneforge's tokenized samples, datasets' locks) inside this test's tmp_path."""
+    """tuneforge's cache (tokenized samples, datasets' locks) inside this test's tmp_path; the tiny model's
+    tokenizer, converted once from a GGUF file into the real cache, is linked in rather than converted again."""
+    from tuneforge.resources import cache_dir
+
+    gguf = cache_dir() / "gguf"
+    (tmp_path / "cache").mkdir()
+    if gguf.is_dir():
+        (tmp_path / "cache" / "gguf").symlink_to(gguf)
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
 
 
@@ -173,3 +180,19 @@ def test_streaming_cross_axis_checks_name_the_fix(tmp_path):
     text = e.value.render()
     assert "set trainer.max_steps=N" in text and "data.eval_path=<eval data> or data.eval_split=0" in text
     assert "set selection=none" in text
+
+
+def test_a_run_reuses_the_cache_and_streams(tmp_path):
+    """Two real runs: the second streams its training rows and reuses the first run's tokenized eval samples."""
+    from tests.conftest import train_here
+
+    rows = [{"prompt": f"What is {i} plus {i}?", "response": str(2 * i)} for i in range(30)]
+    (tmp_path / "eval").mkdir()
+    train, evals = write("parquet", tmp_path, rows[:24]), write("parquet", tmp_path / "eval", rows[24:])
+    args = ["recipe=quickstart_tiny", "data=jsonl", f"data.path={train}", f"data.eval_path={evals}",
+            "trainer.max_steps=1", "data.checker=none"]
+    first = (train_here(*args, out=tmp_path / "a") / "train.log").read_text()
+    assert "data: tokenized 24 train rows" in first and "data: tokenized 6 eval rows" in first
+    second = (train_here(*args, "data.streaming=true", out=tmp_path / "b") / "train.log").read_text()
+    assert "data: streamed 4 train samples" in second  # 1 step x 4 samples, the rest of the file unread
+    assert "data: reused the tokenized eval samples cached in" in second
