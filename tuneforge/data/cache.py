@@ -59,7 +59,7 @@ def fingerprint(examples: list[Example], tok, spec: DataSpec) -> str:
 
 def encode_cached(examples: list[Example], tok, spec: DataSpec, report: RowReport, advance=None) -> Encoded:
     """`encode(examples, ...)`, or the samples a previous encode of the same inputs stored."""
-    if not spec.cache:
+    if not spec.cache or not examples:
         return Encoded(encode(examples, tok, spec, report, advance), None, False)
     path = cache_dir() / "tokenized" / f"{fingerprint(examples, tok, spec)}.npz"
     if path.is_file():

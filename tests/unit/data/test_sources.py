@@ -14,7 +14,7 @@ import pytest
 from tuneforge import registry
 from tuneforge.config.compose import build_specs, compose
 from tuneforge.data.cache import encode_cached
-from tuneforge.data.encode import encode
+from tuneforge.data.encode import encode, pack
 from tuneforge.data.rows import RowReport
 from tuneforge.errors import InputError
 
@@ -171,6 +171,10 @@ def test_streaming_yields_the_first_samples_of_the_full_load_and_reads_no_furthe
     taken = encode(loaded.train, tokenizer, s, loaded.report, until=3)
     assert [(x.input_ids, x.labels) for x in taken] == full[:3]
     assert next(iter(loaded.train)).source == "train.parquet[3]"  # the stream was read only as far as needed
+
+    s = spec(path, "data.streaming=true", "trainer.max_steps=1", "data.packing=true", "data.max_length=64")
+    taken = encode(registry.build("data", s).load(0).train, tokenizer, s, RowReport(), until=2)
+    assert len(pack(taken[:-1], 64)) == 2 and len(pack(taken, 64)) == 3  # two packs filled, the next one begun
 
 
 def test_streaming_cross_axis_checks_name_the_fix(tmp_path):
