@@ -74,7 +74,7 @@ class Stats:
         return cls(torch.zeros(n, n, device=device), torch.zeros(n, device=device))
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()
+        x = x.reshape(-1, x.shape[-1]).to(self.gram.dtype)
         self.gram.addmm_(x.T, x)
         self.total += x.sum(0)
         self.tokens += x.shape[0]

@@ -56,3 +56,17 @@ def table(report: dict):
 def write(report: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
+
+
+def card(report: dict, model_spec) -> str:
+    """The README of a pruned model directory: what was pruned, and how sparse it is."""
+    source = model_spec.path or f"{model_spec.name} (random init)"
+    return (f"# Pruned with tuneforge (prune={report['method']})\n\n"
+            f"- source: {source}\n"
+            f"- sparsity: {report['sparsity']:.4%} of the {report['pruned_params']:,} weights of the "
+            f"{len(report['layers'])} pruned linear layers are zero ({report['pattern']}, scope {report['scope']}, "
+            f"target {report['target_sparsity']})\n"
+            f"- whole model: {report.get('model_sparsity', 0):.4%} of all parameters are zero (embeddings, norms "
+            "and the head are not pruned)\n"
+            "- per-layer sparsity and reconstruction error: sparsity.json\n\n"
+            "The zeros are stored as ordinary zeros in the weights (a dense checkpoint).\n")
