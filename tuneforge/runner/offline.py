@@ -158,7 +158,12 @@ def prune_and_save(model, spec, specs: dict, tok, out: Path, log=None) -> Path:
     loaded = registry.build("data", data).load(t.seed)
     samples = [s.input_ids for s in encode(loaded.train, tok, data, loaded.report)]
     device = "cuda" if run_device(specs) == "cuda" else None
-    rep = stage.run(registry.build("prune", spec), model, samples, t.seed, log, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(t.threads or threads)  # trainer.threads, as the run's own ranks
+    try:
+        rep = stage.run(registry.build("prune", spec), model, samples, t.seed, log, device)
+    finally:
+        torch.set_num_threads(threads)
     if log is not None:
         log(report.table(rep))
     total = sum(p.numel() for p in model.parameters())
