@@ -61,7 +61,7 @@ class PruneSpec(Spec):
     seqlen: int = knob(2048, "tokens per calibration window (the references' 2048; the data's samples are "
                              "shuffled, concatenated and cut; a shorter dataset gives fewer windows, logged)")
     target_modules: list[str] = knob(["all-linear"], "linears pruned: names inside the decoder layers, or "
-                                                     "[all-linear] (every linear of every decoder layer, as the "
+                                                     "all-linear (every linear of every decoder layer, as the "
                                                      "references; never the embeddings or the LM head)")
 
     def problems(self) -> list[str]:

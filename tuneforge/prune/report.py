@@ -44,7 +44,8 @@ def table(report: dict):
     from rich.table import Table
 
     t = Table(title=f"prune={report['method']}: {report['sparsity']:.2%} of {report['pruned_params']:,} weights "
-                    f"({report['pattern']}, scope {report['scope']})", title_justify="left")
+                    f"({report['pattern']}" + (f", scope {report['scope']})" if report["pattern"] == "unstructured" else ")"),
+              title_justify="left")
     for col in ("layer", "shape", "sparsity", "error before", "error after"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     for r in report["layers"]:  # "model.layers.0.mlp.up_proj" -> "0.mlp.up_proj"
