@@ -28,6 +28,7 @@ RUN_ELSEWHERE = {
     "skillit_tiny": "tests/unit/selection/test_skillit.py",
     "paser_tiny": "tests/unit/selection/test_paser.py",
     "middo_tiny": "tests/unit/selection/test_middo.py",
+    "wanda_lora_tiny": "tests/integration/test_prune.py",
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 
