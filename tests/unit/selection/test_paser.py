@@ -90,19 +90,17 @@ def test_an_inconsistent_sample_is_rejected():
     assert choose(np.zeros(4, dtype=int), jsd, [6] * 4, texts, 4, 1, use_ccg=False)[0] == [0, 1, 2, 3]
 
 
-def test_missing_original_and_in_place_pruning_are_refused_before_loading():
+def test_a_missing_original_or_an_unpruned_model_is_refused_before_loading():
     from tuneforge.config.compose import compose
 
     with pytest.raises(InputError, match=r"selection\.original=null"):
         compose(["recipe=quickstart_tiny", "selection=paser"])
-    with pytest.raises(InputError, match="selection.prune_model edits the weights in place"):
-        compose(["recipe=paser_tiny", "zero=zero2"])
-    with pytest.raises(InputError, match="is the run's own model"):
-        compose(["recipe=paser_tiny", "selection.prune_model=0"])
+    with pytest.raises(InputError, match="is the run's own model and the run prunes nothing"):
+        compose(["recipe=paser_tiny", "prune=none"])
 
 
 def test_paser_tiny_selects_and_recovers(tmp_path):
-    """The tiny twin: prune the run's Llama by half, select B = 12 of 24 samples, train 6 steps (pinned losses)."""
+    """The tiny twin: prune the run's Llama by half (its prune stage), select B = 12 of 24 samples, train 6 steps (pinned losses)."""
     from tests.conftest import train_here, train_losses
     from tests.golden import runs as golden
 

@@ -35,10 +35,8 @@ Departures from the authors' code (github.com/BokwaiHo/PASER, paser.py), and why
 - The sigma of the affinity is the median of the off-diagonal distances (the reference includes the zero
   diagonal); eigenvectors come from the symmetric normalized form (the reference calls eigsh, a symmetric
   solver, on the non-symmetric I - D^-1 A); NMF starts from NNDSVDa (deterministic) instead of random.
-- `selection.prune_model` (0 by default) is a demonstration aid, not part of PASER: it zeroes that share of the
-  smallest-magnitude weights of every linear layer in the run's decoder layers before selecting, so a recipe
-  (paser_tiny) can recover a model pruned in the same run. It needs ZeRO-0 with fp32 weights (it edits them in
-  place after the engine is built); real runs prune first (`tuneforge prune`) and point `model` at the result.
+- The pruned model: the run's `model` after its `prune` stage (`prune=wanda` etc., which runs when the model is
+  built, before the selector), or a model pruned beforehand (`tuneforge prune`, then `model.path=DIR`).
 """
 
 from __future__ import annotations
@@ -61,25 +59,21 @@ class PaserSelectionSpec(Spec):
     clusters: int = knob(8, "K, the number of semantic clusters")
     ccg: bool = knob(True, "reject samples whose concepts conflict with the concept-consistency graph")
     batch_size: int = knob(4, "samples per scoring forward pass (both models)")
-    prune_model: float = knob(0.0, "demo/test aid: zero this share of the smallest |w| of every decoder linear of "
-                                   "the run's model before selecting (ZeRO-0, fp32 weights); 0: `model` is "
-                                   "already the pruned model")
 
     def problems(self):
         out = [] if 0 < self.fraction <= 1 else [f"fraction={self.fraction} must be in (0, 1]"]
         if not self.original:
             out.append("original=null: PASER compares the run's pruned model with the unpruned one it came from: "
                        "set selection.original=<model preset, e.g. smollm2_135m, or a Hugging Face directory>")
-        if not 0 <= self.prune_model < 1:
-            out.append(f"prune_model={self.prune_model} must be in [0, 1)")
         return out + positive(self, "count", allow_zero=True) + positive(self, "clusters", "batch_size")
 
     def cross_problems(self, specs):
         out = []
-        m = specs.get("model")
-        if self.original and m is not None and self.original in (m.name, m.path) and not self.prune_model:
-            out.append(f"selection.original={self.original} is the run's own model and selection.prune_model=0: "
-                       "every divergence would be 0; point `model` at the pruned model (model.path=DIR)")
+        m, pruned = specs.get("model"), getattr(specs.get("prune"), "name", "none") != "none"
+        if self.original and m is not None and self.original in (m.name, m.path) and not pruned:
+            out.append(f"selection.original={self.original} is the run's own model and the run prunes nothing: "
+                       "every divergence would be 0; prune in the run (prune=wanda prune.sparsity=0.5) or point "
+                       "`model` at a pruned model (model.path=DIR, from `tuneforge prune`)")
         if self.original:
             from tuneforge.config.compose import options
             from tuneforge.config.schema import ModelSpec
@@ -93,11 +87,6 @@ class PaserSelectionSpec(Spec):
             elif self.original not in presets:  # a path: does it exist (hub ids are checked when loaded)
                 out += [p.replace("model.path", "selection.original", 1)
                         for p in preflight(ModelSpec(name="original", path=self.original))]
-        z, p = specs.get("zero"), specs.get("precision")
-        if self.prune_model and ((z is not None and z.stage != 0) or getattr(p, "params", "fp32") != "fp32"):
-            out.append("selection.prune_model edits the weights in place after the engine is built, which only "
-                       "ZeRO-0 with fp32 weights keeps: use zero=zero0 precision=fp32, or prune first "
-                       "(`tuneforge prune`) and set model.path to the pruned model with selection.prune_model=0")
         return out
 
 
@@ -106,17 +95,8 @@ class Paser(Selector):
     needs_model = True
 
     def select(self, samples, ctx):
-        from tuneforge.selection.paser.run import paser_select, prune_in_place
+        from tuneforge.selection.paser.run import paser_select
 
-        if self.spec.prune_model:
-            prune_in_place(ctx.model, self.spec.prune_model)
         chosen, report = paser_select(self.spec, samples, ctx)
         record(ctx.run_dir, 0, chosen, report.pop("jsd"), **report)
         return chosen
-
-    def on_train_start(self, ctx) -> None:
-        # A run that reused a saved choice skipped select(): prune here too (magnitude pruning is idempotent).
-        if self.spec.prune_model and ctx.step == 0:
-            from tuneforge.selection.paser.run import prune_in_place
-
-            prune_in_place(ctx.model, self.spec.prune_model)

@@ -7,7 +7,6 @@ import torch
 
 from tuneforge.data.batching import collate
 from tuneforge.errors import RunError
-from tuneforge.models.layers import decoder_layers
 from tuneforge.selection import keep_count
 from tuneforge.selection.paser.steps import (
     ConceptGraph,
@@ -39,17 +38,6 @@ def load_original(ref: str, seed: int, tok, like: torch.nn.Module) -> torch.nn.M
 
     p = next(like.parameters())
     return load_model(original_spec(ref), seed=seed, vocab_size=len(tok)).to(p.device, p.dtype).eval()
-
-
-@torch.no_grad()
-def prune_in_place(model: torch.nn.Module, sparsity: float) -> None:
-    """Zero the round(sparsity x numel) smallest |w| of every base linear weight inside the decoder layers."""
-    _, layers = decoder_layers(model)
-    adapters = {id(m) for d in layers.modules() if isinstance(d, torch.nn.ModuleDict) for m in d.modules()}
-    for m in layers.modules():  # the base linears, not a tuning method's adapters (PEFT keeps them in ModuleDicts)
-        if isinstance(m, torch.nn.Linear) and id(m) not in adapters:
-            k = round(sparsity * m.weight.numel())
-            m.weight.view(-1)[m.weight.float().abs().flatten().topk(k, largest=False).indices] = 0
 
 
 @torch.no_grad()
