@@ -36,7 +36,10 @@ def samples(tokenizer, texts, spec=None):
 @pytest.fixture(scope="module")
 def engines(tokenizer, tiny_model_factory):
     """A real DeepSpeed engine around the tiny Llama (every weight of its blocks trained, AdamW, cosine schedule)
-    per ZeRO stage. The (tied) 49k-token embedding stays frozen: its Adam step would be most of the test's time."""
+    per ZeRO stage. The (tied) 49k-token embedding stays frozen: its Adam step would be most of the test's time.
+    One CPU thread, as the golden runs pin (on a shared machine, several threads are many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     dist.init("cpu")
     made = {}
 
@@ -56,6 +59,7 @@ def engines(tokenizer, tiny_model_factory):
     for engine in made.values():
         engine.release()
     dist.shutdown()
+    torch.set_num_threads(threads)
 
 
 def everything(engine) -> dict:
