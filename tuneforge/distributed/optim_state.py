@@ -239,7 +239,8 @@ def snapshot(engine) -> dict:
     if k == "zero3":
         raise NotImplementedError("snapshot/restore is not supported under ZeRO-3 (partitioned weights)")
     inner = _inner(engine)
-    wrappers = [engine, engine.optimizer, inner, getattr(engine.optimizer, "loss_scaler", None)]
+    opt = engine.optimizer
+    wrappers = [engine, opt, inner, getattr(opt, "loss_scaler", None), getattr(opt, "loss_scale_config", None)]
     return {
         "weights": [(p, p.detach().clone()) for p in engine.module.parameters() if p.requires_grad],
         "masters": [(m, m.detach().clone()) for m in _masters(engine)],

@@ -2,7 +2,7 @@
 tiny Llama: a probe is a real optimizer step whose effect on the reference loss is the oracle, and it leaves every
 tensor and counter of the model, optimizer and schedule bitwise as it found them (ZeRO-0 and ZeRO-2); at
 temperature -> 0 Gumbel-top-k is plain top-k; the ridge model's predictions rank held-out probes like the oracle
-on planted data; a tiny run re-selects, records each choice and resumes exactly."""
+on planted data. (test_mates_run.py: a tiny run re-selects, records each choice and resumes exactly.)"""
 
 from __future__ import annotations
 
@@ -203,25 +203,3 @@ def test_zero3_and_uncopyable_optimizer_states_are_refused_before_load():
         compose(["recipe=mates_tiny", "optim=ao_adamw8bit"])
     with pytest.raises(InputError, match="probes=1 must be >= 2"):
         compose(["recipe=mates_tiny", "selection.probes=1"])
-
-
-def test_mates_tiny_reselects_records_and_resumes_exactly(tmp_path):
-    """The tiny recipe (its golden run): MATES re-selects at steps 0 and 3 (each choice in run_dir/selection/ and in
-    the step-3 checkpoint); a copy of the run cut back to that checkpoint resumes, re-selects at step 3 again, and
-    trains on exactly the same samples with the same losses."""
-    from tests.conftest import train_here, train_losses
-    from tests.golden import runs as golden
-    from tests.reliability.helpers import cut_back
-    from tuneforge.runner.checkpoint import read_meta
-
-    run = train_here(*golden.ARGS["mates_tiny"], out=tmp_path / "run")
-    golden.check("mates_tiny", train_losses(run))
-    picks = {s: json.loads((run / f"selection/step_{s}.json").read_text()) for s in (0, 3)}
-    assert picks[0]["chosen"] != picks[3]["chosen"] and picks[0]["oracle"] != picks[3]["oracle"]
-    assert not set(picks[3]["chosen"]) & set(picks[3]["reference"]) and len(picks[3]["chosen"]) == 44
-    assert read_meta(run / "checkpoints/step_3")["data"] == {"chosen": picks[0]["chosen"], "reselected_at": 0}
-    resumed = cut_back(run, tmp_path / "resumed", 3)
-    (resumed / "selection/step_3.json").unlink()
-    train_here(*golden.ARGS["mates_tiny"], "trainer.resume=auto", out=resumed)
-    assert train_losses(resumed) == train_losses(run)
-    assert json.loads((resumed / "selection/step_3.json").read_text()) == picks[3]
