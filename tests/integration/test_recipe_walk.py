@@ -19,6 +19,7 @@ from tuneforge.config.compose import build_specs, compose, recipes
 from tuneforge.runner import checkpoint
 
 RUN_ELSEWHERE = {
+    "mates_tiny": "tests/unit/selection/test_mates_run.py",
     "quickstart_tiny": "tests/integration/*",
     "lisa_tiny": "tests/contracts/test_lisa.py",
     "qlora_tiny": "tests/contracts/test_lora_variants.py",
