@@ -22,6 +22,9 @@ Tuning methods (peft):
   fresh steps; tuneforge's ElementStepAdamW replaces the optim option's)  optimizer (client_optimizer)
 - needs_tasks: trains on multi-task data                                  data.tasks must be set
 - backbone_without_autograd (why): the frozen model keeps no activations  warning: gradient checkpointing is moot
+Data selection: reselects (when): changes the training set during    no data.packing (packs would be rebuilt at
+  training                                                                each re-selection: sample counts, epochs
+                                                                          and the batch plan stop lining up)
 Precision: fp8_kernels (why): matmuls on FP8 kernels                        a CUDA device of compute capability >= 8.9
                                                                           (checked where the run's device is visible)
 Quantizers (quant): quantized_base (what the weights become, "4-bit") and trained_with (the method that trains
@@ -105,6 +108,11 @@ def cross_axis_problems(specs: dict) -> list[str]:
     if specs["peft"].caps.needs_tasks and not specs["data"].tasks:
         out.append(f"peft={specs['peft'].name} needs multi-task data: set data.task_field=<field> and "
                    "data.tasks=[task1,task2,...] (data=quickstart: data.ops=[+,-] data.tasks=[add,sub])")
+    sel = specs.get("selection")
+    if sel is not None and sel.caps.reselects and specs["data"].packing:
+        out.append(f"selection={sel.name} changes the training samples {sel.caps.reselects}, which packed sequences "
+                   "cannot follow (every re-selection would re-pack the data, so sample counts, epochs and the batch "
+                   f"plan stop lining up): set data.packing=false{', or ' + sel.caps.fix if sel.caps.fix else ''}")
     for spec in specs.values():
         out += spec.cross_problems(specs)
     return out

@@ -46,6 +46,8 @@ class Caps:
     client_optimizer: bool = False  # built by tuneforge and handed to DeepSpeed (not DeepSpeed's own)
     opaque_states: str = ""  # its per-parameter states cannot be copied out and back in (why)
     partitioned_states: str = ""  # optimizer states quantized per group of each rank's flat ZeRO partition
+    # data selection
+    reselects: str = ""  # changes the training set during training (when): refused with packed sequences
     # precision
     fp8_kernels: str = ""  # its matmuls need FP8 kernels (a CUDA device of compute capability >= 8.9)
     # any option

@@ -64,3 +64,17 @@ def test_a_selection_is_saved_and_a_resumed_run_reuses_it(tmp_path):
     assert json.loads((run / "selection/selected.json").read_text()) == first
     train_here(*args[:-1], "selection.fraction=0.25", "trainer.max_steps=1", out=tmp_path / "other")
     assert json.loads((tmp_path / "other/selection/selected.json").read_text())["chosen"] != first["chosen"]
+
+
+def test_a_selection_that_changes_the_samples_during_training_refuses_packing():
+    """Dynamic selection x packing is refused before anything loads, naming the fix; selecting once packs fine."""
+    import pytest
+
+    from tuneforge.errors import InputError
+
+    base = ["recipe=quickstart_tiny", "data.packing=true"]
+    # (selection=skillit needs data.tasks, which refuses packing on its own: a pack would mix tasks)
+    for sel in (["selection=loss", "selection.reselect_every=2"], ["selection=mates"], ["selection=middo"]):
+        with pytest.raises(InputError, match="packed sequences cannot follow.*set data.packing=false"):
+            compose([*base, *sel])
+    compose([*base, "selection=loss"])  # selects once: the chosen samples are packed once

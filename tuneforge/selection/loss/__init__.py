@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tuneforge.config.spec import Spec, knob, one_of, positive
+from tuneforge.config.spec import Caps, Spec, knob, one_of, positive
 from tuneforge.data.batching import collate
 from tuneforge.distributed import dist
 from tuneforge.registry import register
@@ -29,6 +29,11 @@ class LossSelectionSpec(Spec):
     keep: str = knob("high", "high: the hardest samples (highest loss); low: the easiest")
     reselect_every: int = knob(0, "re-score the pool and re-select every N steps during training (0: select once)")
     batch_size: int = knob(8, "samples per scoring forward pass")
+
+    @property
+    def caps(self) -> Caps:
+        return Caps(reselects=f"every selection.reselect_every={self.reselect_every} steps" if self.reselect_every
+                    else "", fix="select once (selection.reselect_every=0)")
 
     def problems(self):
         out = [] if 0 < self.fraction <= 1 else [f"fraction={self.fraction} must be in (0, 1]"]

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from tuneforge.config.checks import optimizer_owner
-from tuneforge.config.spec import Spec, knob, positive
+from tuneforge.config.spec import Caps, Spec, knob, positive
 from tuneforge.distributed import dist
 from tuneforge.errors import InputError
 from tuneforge.registry import register
@@ -59,6 +59,7 @@ from tuneforge.selection.mates.influence import embeddings, fit_predict, gumbel_
 class MatesSelectionSpec(Spec):
     name: str = knob("mates", "MATES: probed one-step influence on a held-out reference set, a ridge model on the "
                               "LM's embeddings, Gumbel-top-k; re-selected during training")
+    caps = Caps(reselects="at step 0 and every selection.reselect_every steps")
     fraction: float = knob(0.2, "share of the candidate samples kept (the paper keeps 20%; ignored when count > 0)")
     count: int = knob(0, "number of samples kept (0: use fraction)")
     reselect_every: int = knob(100, "re-select every N steps (and at step 0)")

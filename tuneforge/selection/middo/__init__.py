@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tuneforge.config.spec import Spec, knob, one_of, positive
+from tuneforge.config.spec import Caps, Spec, knob, one_of, positive
 from tuneforge.distributed import dist
 from tuneforge.registry import register
 from tuneforge.selection import Selector, keep_count, record
@@ -52,6 +52,7 @@ REWRITES = "middo_rewrites.jsonl"
 @dataclass
 class MiddoSelectionSpec(Spec):
     name: str = knob("middo", "Middo: each epoch the model diagnoses its training set and flagged samples are replaced")
+    caps = Caps(reselects="at every epoch boundary (flagged samples are replaced)")
     fraction: float = knob(0.8, "share of the pool in the training set (the rest is the reserve replacements come "
                                 "from; ignored when count > 0)")
     count: int = knob(0, "training set size (0: use fraction)")
@@ -75,11 +76,6 @@ class MiddoSelectionSpec(Spec):
         return out + positive(self, "count", allow_zero=True) + positive(self, "sigma", "neighbours", "batch_size",
                                                                         "timeout_s")
 
-    def cross_problems(self, specs):
-        if specs.get("data") is not None and specs["data"].packing:
-            return ["selection=middo replaces samples every epoch, which changes the packed sequences and the "
-                    "epoch length: set data.packing=false"]
-        return []
 
 
 @register("selection", "middo", config=MiddoSelectionSpec)

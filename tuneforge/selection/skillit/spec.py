@@ -6,12 +6,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tuneforge.config.spec import Spec, knob, positive
+from tuneforge.config.spec import Caps, Spec, knob, positive
 
 
 @dataclass
 class SkillitSpec(Spec):
     name: str = knob("skillit", "Skill-it: online skill mixture following a skills graph (skills: data.tasks)")
+    caps = Caps(reselects="every selection.update_steps steps (a new skill mixture)")
     graph: Any = knob("identity", "skills graph A (A[i][j] > 0: training on skill i helps skill j): a k x k matrix in "
                                   "data.tasks order, identity (no transfer), or learn (short runs per skill)")
     eta: float = knob(0.1, "learning rate of the mixture update p ∝ p0 * exp(eta * A @ sum of windowed losses)")
