@@ -5,6 +5,7 @@
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
     tuneforge export run_dir=DIR [export=[merge,prune]]  run the export stages: merged HF model (+ PEFT adapter) in DIR/export
+    tuneforge merge DIR DIR ... merge=ties out=OUT      merge runs / exported models / LoRA adapters of one base
     tuneforge ckpt verify DIR                            check a checkpoint (or every checkpoint of a run) file by file
     tuneforge ckpt convert DIR                           universal copy of a checkpoint, for another topology
 
@@ -188,6 +189,20 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args) -> int:
+    from tuneforge.config.run import Run
+    from tuneforge.runner.offline import merge_run
+
+    outs = [o.split("=", 1)[1] for o in args.overrides if o.startswith("out=")]
+    if len(outs) != 1:
+        raise InputError(["usage: tuneforge merge DIR DIR ... merge=<method> [merge.<knob>=...] [recipe=R data=...] "
+                          "out=OUT (run directories, exported models or LoRA adapters of one base)"])
+    paths = [o for o in args.overrides if "=" not in o]
+    run = Run.compose([o for o in args.overrides if "=" in o and not o.startswith("out=")])
+    merge_run(run, paths, Path(outs[0]), log=_console().print)
+    return EXIT_OK
+
+
 def cmd_ckpt(args) -> int:
     from tuneforge.runner import checkpoint
 
@@ -220,6 +235,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR")
     sub.add_parser("export", help="run the export stages into DIR/export (default: merged HF model, PEFT adapter): "
                                   "tuneforge export run_dir=DIR [export=[merge,prune]] [export.prune.sparsity=0.3]")
+    sub.add_parser("merge", help="merge fine-tunes of one base into a Hugging Face model: tuneforge merge DIR DIR ... "
+                                 "merge=ties|dare|pcb|lines|task_arithmetic [merge.search=true] out=OUT")
     for sp in sub.choices.values():
         sp.add_argument("overrides", nargs="*", help="recipe=NAME, group=option, group.key=value")
     c = sub.add_parser("ckpt", help="checkpoint tools: tuneforge ckpt verify|convert DIR")
@@ -230,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": cmd_train, "show": cmd_show, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export,
-            "ckpt": cmd_ckpt}
+            "ckpt": cmd_ckpt, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

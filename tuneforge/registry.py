@@ -23,6 +23,7 @@ PLUGIN_PACKAGES = (
     "tuneforge.optim",
     "tuneforge.distributed",
     "tuneforge.export",
+    "tuneforge.merge",
 )
 
 

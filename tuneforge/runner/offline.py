@@ -20,7 +20,7 @@ from tuneforge import registry
 from tuneforge.config.compose import run_export_stages
 from tuneforge.config.run import Run
 from tuneforge.data.encode import encode
-from tuneforge.errors import RunError
+from tuneforge.errors import InputError, RunError
 from tuneforge.export.base import ExportContext, run_stages
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext
@@ -41,17 +41,28 @@ def rebuild(run: Run):
     return specs, tok, model, method
 
 
-def eval_run(run_dir: Path) -> dict:
-    specs, tok, model, _ = rebuild(Run.load(run_dir))
+def evaluator(specs: dict, tok):
+    """model -> eval row on the specs' eval data: loss, and exact match when the data has a checker."""
     t, data = specs["trainer"], specs["data"]
     loaded = registry.build("data", data).load(t.seed)
     examples = loaded.eval[: t.eval_max_samples or None]
     samples = encode(examples, tok, data, loaded.report)
     autocast = registry.build("precision", specs["precision"]).autocast("cpu")
-    row = evaluate.eval_loss(CausalLM(model), samples, t.eval_batch_size, tok.pad_token_id, "cpu", autocast, data.tasks)
-    if data.checker != "none":
-        row.update(evaluate.exact_match(model, tok, examples, data, t.eval_batch_size, t.max_new_tokens, "cpu",
-                                        autocast, synced=False)[0])
+
+    def run(model) -> dict:
+        row = evaluate.eval_loss(CausalLM(model), samples, t.eval_batch_size, tok.pad_token_id, "cpu", autocast,
+                                 data.tasks)
+        if data.checker != "none":
+            row.update(evaluate.exact_match(model, tok, examples, data, t.eval_batch_size, t.max_new_tokens, "cpu",
+                                            autocast, synced=False)[0])
+        return row
+
+    return run
+
+
+def eval_run(run_dir: Path) -> dict:
+    specs, tok, model, _ = rebuild(Run.load(run_dir))
+    row = evaluator(specs, tok)(model)
     (Path(run_dir) / "eval.json").write_text(json.dumps(row, indent=2))
     return row
 
@@ -115,3 +126,72 @@ def retrain(run: Run, model, method, changes: dict, out: Path) -> dict:
     if code != 0:
         raise RunError(f"re-tuning failed ({summary.get('status')}: {summary.get('error')}); log in {out}")
     return summary
+
+
+def _run_of(path: Path) -> Path | None:
+    """The run directory `path` is, or sits in (run/export, run/export/adapter), if any."""
+    for p in (path, path.parent, path.parent.parent):
+        if (p / "config.yaml").is_file():
+            return p
+    return None
+
+
+def _base_id(specs: dict) -> str:
+    """What a run was tuned from: its model path (and revision), or its random init (architecture and seed)."""
+    m = specs["model"]
+    if m.init == "random":
+        return f"model={m.name}, random init with seed {specs['trainer'].seed}"
+    return m.path + (f"@{m.revision}" if m.revision else "")
+
+
+def merge_run(run: Run, paths: list[str], out: Path, log=print) -> dict:
+    """`tuneforge merge`: merge run directories (their export, made here if missing), exported Hugging Face models
+    or LoRA adapters with `run`'s merge method into `out`; a search evaluates on `run`'s eval data."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.merge.merge import merge_models
+    from tuneforge.models.load import load_model
+
+    spec = run.specs["merge"]
+    if spec.name == "none":
+        raise InputError(["choose a merge method: merge=task_arithmetic|ties|dare|pcb|lines"])
+    paths = [Path(p) for p in (paths or spec.inputs)]
+    inputs, described, first_run = [], [], None
+    for p in paths:
+        if not p.exists():
+            raise InputError([f"merge input {p} does not exist"])
+        owner = _run_of(p)
+        ids = None
+        if owner is not None:
+            specs = Run.load(owner).specs
+            first_run, ids = first_run or specs, _base_id(specs)
+            if p == owner:
+                if not (p / "export" / "config.json").is_file():
+                    log(f"merge: exporting {p} first (tuneforge export)")
+                    export_run(p, log=log)
+                p = p / "export"
+                if not (p / "config.json").is_file():
+                    raise InputError([f"{owner}: its export is not one Hugging Face model (peft={specs['peft'].name}"
+                                      " exports per variant or its own format): pass an export/<variant> directory"])
+        inputs.append((p, ids))
+        described.append({"path": str(p), "run": str(owner) if owner else None, "base": ids})
+    if spec.base is not None:
+        base_path, base_id, tok = spec.base, None, None
+    elif first_run is not None:
+        base_path, base_id, tok = None, _base_id(first_run), load_tokenizer(first_run["model"])
+    else:
+        adapter = next((p for p, _ in inputs if (p / "adapter_config.json").is_file()), None)
+        base_path = adapter and json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base_path or not Path(base_path).is_dir():
+            raise InputError(["cannot tell which base the inputs were tuned from: set merge.base=<Hugging Face dir>"])
+        base_id = None
+    if base_path is not None:
+        base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+        has_tok = [d for d in (Path(base_path), *(p for p, _ in inputs)) if (d / "tokenizer_config.json").is_file()]
+        tok = AutoTokenizer.from_pretrained(str(has_tok[0])) if has_tok else None
+    else:
+        base = load_model(first_run["model"], seed=first_run["trainer"].seed, vocab_size=len(tok))
+    if spec.search and tok is None:
+        raise InputError(["merge.search=true needs a tokenizer: none beside merge.base or the inputs"])
+    evaluate_fn = evaluator(run.specs, tok) if spec.search else None
+    return merge_models(base.eval(), base_id, inputs, spec, Path(out), tok, evaluate_fn, log, described)
