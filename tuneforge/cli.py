@@ -61,12 +61,20 @@ def cmd_train(args) -> int:
     if args.multirun:
         return run_sweep(args.overrides)
     run = Run.compose(args.overrides)
+    merge = run.specs["merge"]  # train -> merge: the finished run merged with merge.inputs into run_dir/merged
+    if merge.name != "none" and not merge.inputs:
+        raise InputError([f"merge={merge.name} in a training run merges it after training with merge.inputs=[DIR,...]"
+                          ": set them, or merge finished runs with `tuneforge merge DIR DIR ... out=DIR`"])
     for w in cross_axis_warnings(run.specs):
         _console().print(f"[yellow]warning:[/] {w}")
     preflight(run)
     run_dir = prepare_run_dir(run)
     code = start(run)
     _console().print(f"run dir: {run_dir}")
+    if code == EXIT_OK and merge.name != "none":
+        from tuneforge.runner.offline import merge_run
+
+        merge_run(run, [str(run_dir), *merge.inputs], run_dir / "merged", log=_console().print)
     return code
 
 

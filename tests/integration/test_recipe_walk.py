@@ -25,6 +25,7 @@ RUN_ELSEWHERE = {
     "fp8_tiny": "tests/unit/precision/test_fp8.py",
     "int8_tiny": "tests/contracts/test_lora_variants.py",
     "coat_tiny": "tests/unit/precision/test_coat.py",
+    "merge_add_sub_tiny": "tests/integration/test_merge.py",  # a merge recipe: `tuneforge merge`, no training
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 

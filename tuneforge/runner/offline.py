@@ -156,10 +156,14 @@ def merge_run(run: Run, paths: list[str], out: Path, log=print) -> dict:
     if spec.name == "none":
         raise InputError(["choose a merge method: merge=task_arithmetic|ties|dare|pcb|lines"])
     paths = [Path(p) for p in (paths or spec.inputs)]
+    bad = [f"merge input {p}: neither a tuneforge run directory (config.yaml), a Hugging Face model (config.json) "
+           "nor a PEFT adapter (adapter_config.json)" for p in paths
+           if not any((p / f).is_file() for f in ("config.yaml", "config.json", "adapter_config.json"))]
+    if bad or len(paths) < 2:
+        raise InputError(bad + ([] if len(paths) >= 2 else [f"merge needs two or more inputs, got {len(paths)}: "
+                                                            "tuneforge merge DIR DIR ... out=DIR"]))
     inputs, described, first_run = [], [], None
     for p in paths:
-        if not p.exists():
-            raise InputError([f"merge input {p} does not exist"])
         owner = _run_of(p)
         ids = None
         if owner is not None:
