@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -48,3 +49,15 @@ def test_merge_needs_a_method_and_two_inputs(tmp_path, capsys):
     assert main(["merge", str(tmp_path), str(tmp_path), f"out={tmp_path / 'o'}"]) == 2
     err = capsys.readouterr().err
     assert "neither a tuneforge run directory" in err and "two or more inputs, got 1" in err and "usage: tuneforge merge" in err and "choose a merge method" in err
+
+
+def test_bad_merge_settings_are_refused_before_anything_loads(tmp_path, capsys):
+    from tuneforge.config.compose import compose
+    from tuneforge.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        compose(["merge=pcb", "merge.ratio=0", "merge.lam_range=[1.3,0.8]", "merge.max_evals=0"])
+    text = e.value.render()
+    assert "merge.ratio=0.0 must be in (0, 1]" in text and "lam_range=[1.3, 0.8]" in text and "max_evals=0" in text
+    assert main(["train", "recipe=quickstart_tiny", "merge=ties", f"trainer.output_dir={tmp_path / 'r'}"]) == 2
+    assert "merges it after training with merge.inputs" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -3,6 +3,7 @@ LiNeS's block scaling and adapter deltas through the real merge loop on a tiny L
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -97,7 +98,7 @@ def tuned(tiny_model_factory, tmp_path_factory):
     base, tmp_path = tiny_model_factory(0), tmp_path_factory.mktemp("tuned")
     dirs = []
     for seed in (1, 2):
-        model = tiny_model_factory(0)
+        model = copy.deepcopy(base)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in model.parameters():
@@ -107,18 +108,18 @@ def tuned(tiny_model_factory, tmp_path_factory):
     return base, dirs
 
 
-def merged_params(tmp_path, tiny_model_factory, dirs, spec, name):
-    merge_models(tiny_model_factory(0), None, [(d, None) for d in dirs], spec, tmp_path / name, log=lambda _: None)
+def merged_params(tmp_path, base, dirs, spec, name):
+    merge_models(copy.deepcopy(base), None, [(d, None) for d in dirs], spec, tmp_path / name, log=lambda _: None)
     return load_file(str(tmp_path / name / "model.safetensors"))
 
 
-def test_lines_scales_each_block_and_beta_zero_is_uniform(tmp_path, tiny_model_factory, tuned):
-    base, dirs = tuned  # merges write into a fresh base each time; `base` stays the reference
+def test_lines_scales_each_block_and_beta_zero_is_uniform(tmp_path, tuned):
+    base, dirs = tuned  # each merge writes into a copy; `base` stays the reference
     fts = [load_file(str(d / "model.safetensors")) for d in dirs]
     plain = {n: p.detach() for n, p in base.named_parameters()}
     alpha = 0.3
     for beta in (0.0, 0.6):  # beta = 0: every parameter scaled by alpha (uniform scaling, task arithmetic)
-        got = merged_params(tmp_path, tiny_model_factory, dirs, LinesSpec(alpha=alpha, beta=beta), f"lines{beta}")
+        got = merged_params(tmp_path, base, dirs, LinesSpec(alpha=alpha, beta=beta), f"lines{beta}")
         for n, w in plain.items():
             layer = int(n.split(".layers.")[1].split(".")[0]) if ".layers." in n else None  # 2 blocks: 0 and 1
             lam = alpha if layer is None else alpha + beta * layer / (2 - 1)
@@ -135,13 +136,14 @@ def lora_adapter(model, path, seed):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
-def test_adapters_merge_on_their_full_delta(tmp_path, tiny_model_factory):
+def test_adapters_merge_on_their_full_delta(tmp_path, tuned):
     """The merged weight is W + lam * sum_t s B_t A_t; averaging A and B separately would give another one."""
-    adapters = [lora_adapter(tiny_model_factory(0), tmp_path / f"a{i}", seed=i) for i in (1, 2)]
-    merge_models(tiny_model_factory(0), None, [(tmp_path / "a1", None), (tmp_path / "a2", None)],
+    base = tuned[0]
+    adapters = [lora_adapter(copy.deepcopy(base), tmp_path / f"a{i}", seed=i) for i in (1, 2)]
+    merge_models(copy.deepcopy(base), None, [(tmp_path / "a1", None), (tmp_path / "a2", None)],
                  TaskArithmeticSpec(lam=0.5), tmp_path / "out", log=lambda _: None)
     got = load_file(str(tmp_path / "out" / "model.safetensors"))
-    w = dict(tiny_model_factory(0).named_parameters())
+    w = dict(base.named_parameters())
     s, name = 4 / 2, "model.layers.1.self_attn.q_proj"
     key = f"base_model.model.{name}.lora_{{}}.weight"
     a, b = [ad[key.format("A")] for ad in adapters], [ad[key.format("B")] for ad in adapters]
@@ -153,16 +155,15 @@ def test_adapters_merge_on_their_full_delta(tmp_path, tiny_model_factory):
 
 
 def test_inputs_of_another_base_fail_with_every_mismatch(tmp_path, tiny_model_factory, tuned):
-    _, dirs = tuned
-    base = tiny_model_factory(0)
+    base, dirs = tuned
     tiny_model_factory(0, "model.arch.intermediate_size=96").save_pretrained(tmp_path / "wide")
     for i, origin in ((1, "org/base-a"), (2, "org/base-b")):
-        lora_adapter(tiny_model_factory(0), tmp_path / f"a{i}", seed=i)
+        lora_adapter(copy.deepcopy(base), tmp_path / f"a{i}", seed=i)
         cfg = json.loads((tmp_path / f"a{i}" / "adapter_config.json").read_text())
         (tmp_path / f"a{i}" / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": origin}))
     inputs = [(tmp_path / "a1", None), (tmp_path / "a2", None), (dirs[0], None), (tmp_path / "wide", None)]
     with pytest.raises(InputError) as e:
-        merge_models(base, None, inputs, TiesSpec(), tmp_path / "out", log=lambda _: None)
+        merge_models(copy.deepcopy(base), None, inputs, TiesSpec(), tmp_path / "out", log=lambda _: None)
     text = e.value.render()
     assert "input 2" in text and "tuned from 'org/base-b', but input 1 from 'org/base-a'" in text, text
     assert "input 4" in text and "intermediate_size=96, but the base has intermediate_size=128" in text, text
