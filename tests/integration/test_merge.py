@@ -42,6 +42,14 @@ def test_two_tiny_runs_merge_into_a_loadable_model(tmp_path, capsys):
     assert not torch.equal(merged[name], a[name])
     assert (out / "tokenizer.json").is_file()
 
+    other = tmp_path / "other_seed"  # a run of another base (its random init drew with another seed)
+    other.mkdir()
+    (other / "config.yaml").write_text((sub / "config.yaml").read_text().replace("seed: 42", "seed: 7"))
+    assert main(["merge", str(add), str(other), "merge=ties", f"out={tmp_path / 'no'}"]) == 2
+    err = capsys.readouterr().err
+    assert "does not share the base: tuned from 'model=tiny_llama, random init with seed 7', but" in err, err
+    assert not (tmp_path / "no").exists() and not (other / "export").exists()  # refused before any export
+
 
 def test_merge_needs_a_method_and_two_inputs(tmp_path, capsys):
     assert main(["merge", str(tmp_path), "merge=ties", f"out={tmp_path / 'o'}"]) == 2

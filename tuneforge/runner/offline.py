@@ -137,64 +137,78 @@ def _run_of(path: Path) -> Path | None:
 
 
 def _base_id(specs: dict) -> str:
-    """What a run was tuned from: its model path (and revision), or its random init (architecture and seed)."""
+    """What a run was tuned from: its model path (and revision), or its preset's random init and seed."""
     m = specs["model"]
     if m.init == "random":
         return f"model={m.name}, random init with seed {specs['trainer'].seed}"
     return m.path + (f"@{m.revision}" if m.revision else "")
 
 
+def _merge_inputs(paths: list[Path], log) -> tuple[list[tuple[Path, str | None]], list[dict], dict | None]:
+    """([(model or adapter dir, base it was tuned from or None)], report rows, the first run's specs or None).
+    Run directories are checked for one base first, then exported where they have no export yet."""
+    bad = [f"merge input {p}: neither a tuneforge run directory (config.yaml), a Hugging Face model (config.json) "
+           "nor a PEFT adapter (adapter_config.json)" for p in paths
+           if not any((p / f).is_file() for f in ("config.yaml", "config.json", "adapter_config.json"))]
+    if len(paths) < 2:
+        bad.append(f"merge needs two or more inputs, got {len(paths)}: tuneforge merge DIR DIR ... out=DIR")
+    if bad:
+        raise InputError(bad)
+    owners = [_run_of(p) for p in paths]
+    specs = {o: Run.load(o).specs for o in owners if o is not None}
+    ids = {o: _base_id(s) for o, s in specs.items()}
+    if len(set(ids.values())) > 1:
+        first = next(iter(ids))
+        raise InputError([f"merge input {o} does not share the base: tuned from {i!r}, but {first} from "
+                          f"{ids[first]!r}" for o, i in ids.items() if i != ids[first]])
+    inputs, described = [], []
+    for p, owner in zip(paths, owners):
+        if p == owner:
+            if not (p / "export" / "config.json").is_file():
+                log(f"merge: exporting {p} first (tuneforge export)")
+                export_run(p, log=log)
+            p = p / "export"
+            if not (p / "config.json").is_file():
+                raise InputError([f"{owner}: its export is not one Hugging Face model (peft="
+                                  f"{specs[owner]['peft'].name} exports per variant or its own format): pass an "
+                                  "export/<variant> directory"])
+        inputs.append((p, ids.get(owner)))
+        described.append({"path": str(p), "run": str(owner) if owner else None, "base": ids.get(owner)})
+    return inputs, described, next(iter(specs.values()), None)
+
+
+def _merge_base(spec, inputs, first_run: dict | None):
+    """(base model in fp32, its id or None, tokenizer or None): merge.base, else the first run's base model, else
+    a LoRA adapter's base_model_name_or_path when it is a local directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.models.load import load_model, prepare_tokenizer
+
+    if spec.base is None and first_run is not None:
+        tok = load_tokenizer(first_run["model"])
+        return load_model(first_run["model"], seed=first_run["trainer"].seed, vocab_size=len(tok)), \
+            _base_id(first_run), tok
+    path = spec.base
+    if path is None:
+        adapter = next((p for p, _ in inputs if (p / "adapter_config.json").is_file()), None)
+        path = adapter and json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not path or not Path(path).is_dir():
+            raise InputError(["cannot tell which base the inputs were tuned from: set merge.base=<Hugging Face dir>"])
+    base = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    has_tok = [d for d in (Path(path), *(p for p, _ in inputs)) if (d / "tokenizer_config.json").is_file()]
+    return base, None, prepare_tokenizer(AutoTokenizer.from_pretrained(str(has_tok[0]))) if has_tok else None
+
+
 def merge_run(run: Run, paths: list[str], out: Path, log=print) -> dict:
     """`tuneforge merge`: merge run directories (their export, made here if missing), exported Hugging Face models
     or LoRA adapters with `run`'s merge method into `out`; a search evaluates on `run`'s eval data."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from tuneforge.merge.merge import merge_models
-    from tuneforge.models.load import load_model
 
     spec = run.specs["merge"]
     if spec.name == "none":
         raise InputError(["choose a merge method: merge=task_arithmetic|ties|dare|pcb|lines"])
-    paths = [Path(p) for p in (paths or spec.inputs)]
-    bad = [f"merge input {p}: neither a tuneforge run directory (config.yaml), a Hugging Face model (config.json) "
-           "nor a PEFT adapter (adapter_config.json)" for p in paths
-           if not any((p / f).is_file() for f in ("config.yaml", "config.json", "adapter_config.json"))]
-    if bad or len(paths) < 2:
-        raise InputError(bad + ([] if len(paths) >= 2 else [f"merge needs two or more inputs, got {len(paths)}: "
-                                                            "tuneforge merge DIR DIR ... out=DIR"]))
-    inputs, described, first_run = [], [], None
-    for p in paths:
-        owner = _run_of(p)
-        ids = None
-        if owner is not None:
-            specs = Run.load(owner).specs
-            first_run, ids = first_run or specs, _base_id(specs)
-            if p == owner:
-                if not (p / "export" / "config.json").is_file():
-                    log(f"merge: exporting {p} first (tuneforge export)")
-                    export_run(p, log=log)
-                p = p / "export"
-                if not (p / "config.json").is_file():
-                    raise InputError([f"{owner}: its export is not one Hugging Face model (peft={specs['peft'].name}"
-                                      " exports per variant or its own format): pass an export/<variant> directory"])
-        inputs.append((p, ids))
-        described.append({"path": str(p), "run": str(owner) if owner else None, "base": ids})
-    if spec.base is not None:
-        base_path, base_id, tok = spec.base, None, None
-    elif first_run is not None:
-        base_path, base_id, tok = None, _base_id(first_run), load_tokenizer(first_run["model"])
-    else:
-        adapter = next((p for p, _ in inputs if (p / "adapter_config.json").is_file()), None)
-        base_path = adapter and json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base_path or not Path(base_path).is_dir():
-            raise InputError(["cannot tell which base the inputs were tuned from: set merge.base=<Hugging Face dir>"])
-        base_id = None
-    if base_path is not None:
-        base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
-        has_tok = [d for d in (Path(base_path), *(p for p, _ in inputs)) if (d / "tokenizer_config.json").is_file()]
-        tok = AutoTokenizer.from_pretrained(str(has_tok[0])) if has_tok else None
-    else:
-        base = load_model(first_run["model"], seed=first_run["trainer"].seed, vocab_size=len(tok))
+    inputs, described, first_run = _merge_inputs([Path(p) for p in (paths or spec.inputs)], log)
+    base, base_id, tok = _merge_base(spec, inputs, first_run)
     if spec.search and tok is None:
         raise InputError(["merge.search=true needs a tokenizer: none beside merge.base or the inputs"])
     evaluate_fn = evaluator(run.specs, tok) if spec.search else None
