@@ -5,6 +5,8 @@
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
     tuneforge export run_dir=DIR [export=[merge,prune]]  run the export stages: merged HF model (+ PEFT adapter) in DIR/export
+    tuneforge prune run_dir=DIR prune=wanda [prune.sparsity=0.5]   prune a finished run's merged model into DIR/pruned
+    tuneforge prune [recipe=NAME] model=... prune=wanda out=DIR     prune a base model (calibration: the recipe's data)
     tuneforge merge DIR DIR ... merge=ties out=OUT      merge runs / exported models / LoRA adapters of one base
     tuneforge ckpt verify DIR                            check a checkpoint (or every checkpoint of a run) file by file
     tuneforge ckpt convert DIR                           universal copy of a checkpoint, for another topology
@@ -197,6 +199,24 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_prune(args) -> int:
+    from tuneforge.runner.offline import prune_model, prune_run
+
+    outs = [Path(o.split("=", 1)[1]) for o in args.overrides if o.startswith("out=")]
+    rest = [o for o in args.overrides if not o.startswith(("run_dir=", "out="))]
+    if len(outs) > 1 or not (outs or any(o.startswith("run_dir=") for o in args.overrides)):
+        raise InputError(["usage: tuneforge prune run_dir=DIR prune=<method> [prune.<knob>=...] | "
+                          "tuneforge prune [recipe=NAME] model=... prune=<method> out=DIR"])
+    con = _console()
+    if any(o.startswith("run_dir=") for o in args.overrides):
+        out = prune_run(_run_dir([o for o in args.overrides if not o.startswith("out=")], rest=True), rest,
+                        outs[0] if outs else None, log=con.print)
+    else:
+        out = prune_model(rest, outs[0], log=con.print)
+    con.print(f"pruned: {out} (sparsity: {out / 'sparsity.json'})")
+    return EXIT_OK
+
+
 def cmd_merge(args) -> int:
     from tuneforge.config.run import Run
     from tuneforge.runner.offline import merge_run
@@ -243,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR")
     sub.add_parser("export", help="run the export stages into DIR/export (default: merged HF model, PEFT adapter): "
                                   "tuneforge export run_dir=DIR [export=[merge,prune]] [export.prune.sparsity=0.3]")
+    sub.add_parser("prune", help="prune a finished run's model into DIR/pruned, or a base model into out=DIR: "
+                                 "tuneforge prune run_dir=DIR prune=wanda [prune.pattern=2:4]")
     sub.add_parser("merge", help="merge fine-tunes of one base into a Hugging Face model: tuneforge merge DIR DIR ... "
                                  "merge=ties|dare|pcb|lines|task_arithmetic [merge.search=true] out=OUT")
     for sp in sub.choices.values():
@@ -255,7 +277,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": cmd_train, "show": cmd_show, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export,
-            "ckpt": cmd_ckpt, "merge": cmd_merge}
+            "ckpt": cmd_ckpt, "prune": cmd_prune, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ PLUGIN_PACKAGES = (
     "tuneforge.selection",
     "tuneforge.peft",
     "tuneforge.quant",
+    "tuneforge.prune",
     "tuneforge.precision",
     "tuneforge.optim",
     "tuneforge.distributed",

@@ -19,12 +19,17 @@ from tuneforge.config.compose import build_specs, compose, recipes
 from tuneforge.runner import checkpoint
 
 RUN_ELSEWHERE = {
+    "mates_tiny": "tests/unit/selection/test_mates_run.py",
     "quickstart_tiny": "tests/integration/*",
     "lisa_tiny": "tests/contracts/test_lisa.py",
     "qlora_tiny": "tests/contracts/test_lora_variants.py",
     "fp8_tiny": "tests/unit/precision/test_fp8.py",
     "int8_tiny": "tests/contracts/test_lora_variants.py",
     "coat_tiny": "tests/unit/precision/test_coat.py",
+    "skillit_tiny": "tests/unit/selection/test_skillit.py",
+    "paser_tiny": "tests/unit/selection/test_paser.py",
+    "middo_tiny": "tests/unit/selection/test_middo.py",
+    "wanda_lora_tiny": "tests/integration/test_prune.py",
     "merge_add_sub_tiny": "tests/integration/test_merge.py",  # a merge recipe: `tuneforge merge`, no training
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")

@@ -361,6 +361,42 @@ def run_export_stages(cfg: DictConfig, overrides: list[str]) -> list[tuple[str, 
     return stages
 
 
+def prune_spec_of(cfg: DictConfig, overrides: list[str]):
+    """The prune spec of `tuneforge prune run_dir=DIR`: the run's prune option changed by prune=<method> and
+    prune.<knob>=value (anything else is an error: the run itself is fixed). prune=none is an error too."""
+    parsed, problems = _parse(list(overrides))
+    node, chosen = cfg.prune, False
+    for o in parsed:
+        if o.kind == "choice" and o.key == "prune":
+            if str(o.value) in options("prune"):
+                node, chosen = OmegaConf.load(config_dirs()[0] / "prune" / f"{o.value}.yaml"), True
+            else:
+                problems.append(f"unknown option prune={o.value}{did_you_mean(str(o.value), options('prune'))}; "
+                                f"options: {', '.join(options('prune'))}")
+        elif o.kind != "key" or o.key.split(".")[0] != "prune":
+            problems.append(f"'{o.text}': `tuneforge prune run_dir=DIR` takes prune=<method> and prune.<knob>=...; "
+                            "the run's other settings are fixed")
+    typed = _typed_group("prune", node, problems, overridden=chosen)
+    if typed is None:
+        raise InputError(problems)
+    out = OmegaConf.create({"prune": typed})
+    OmegaConf.set_struct(out, True)
+    for o in (o for o in parsed if o.kind == "key" and o.key.split(".")[0] == "prune"):
+        _apply_key(out, o, problems)
+    spec = None
+    if not problems:
+        try:
+            spec = OmegaConf.to_object(out.prune)
+        except SpecError as e:
+            problems += [f"prune.{p}" if re.match(r"^\w+=", p) else f"prune: {p}" for p in e.problems]
+    if spec is not None and spec.name == "none":
+        problems.append("no pruning method: choose one, e.g. prune=wanda (options: "
+                        f"{', '.join(o for o in options('prune') if o != 'none')})")
+    if problems:
+        raise InputError(problems)
+    return spec
+
+
 def load_run_config(run_dir: str | Path) -> DictConfig:
     """The resolved config a run was started with (what workers, eval and export read)."""
     path = Path(run_dir) / "config.yaml"
@@ -371,6 +407,8 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     for key in raw:
         cfg[key] = OmegaConf.merge(OmegaConf.structured(schema_for(key, raw[key].name)), raw[key]) if key in GROUPS else raw[key]
+    if "prune" not in raw:  # runs from before the prune group were not pruned
+        cfg["prune"] = OmegaConf.structured(schema_for("prune", "none"))
     if "merge" not in raw:  # runs from before the merge group: no merge
         cfg["merge"] = OmegaConf.structured(schema_for("merge", "none"))
     problems: list[str] = []  # runs from before export stages existed export as export=[merge] did

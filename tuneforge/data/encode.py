@@ -7,6 +7,7 @@ turn (its content and the end-of-turn marker) is trained; system/user text and r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -66,10 +67,18 @@ def encode_text(tok, text: str) -> tuple[list[int], list[int]]:
     return ids, list(ids)
 
 
-def encode(examples: list[Example], tok, spec: DataSpec, report: RowReport) -> list[Sample]:
-    """Tokenize; apply the over-length policy (drop / truncate / error), recording each case in `report`."""
-    out, too_long = [], []
-    for ex in examples:
+def encode(examples: Iterable[Example], tok, spec: DataSpec, report: RowReport,
+           advance: Optional[Callable[[int], None]] = None, until: int = 0) -> list[Sample]:
+    """Tokenize; apply the over-length policy (drop / truncate / error), recording each case in `report`.
+    `advance(1)` after each example (progress); `until` > 0: stop once the samples fill that many sequences
+    (packed sequences when data.packing=true), reading no further example (data.streaming)."""
+    out, too_long, filled, rows = [], [], Filled(spec), iter(examples)
+    while not (until and filled.sequences >= until):  # checked before a row is taken: a stream reads no further
+        ex = next(rows, None)
+        if ex is None:
+            break
+        if advance is not None:
+            advance(1)
         if ex.text is not None:
             ids, labels = encode_text(tok, ex.text)
         else:
@@ -87,12 +96,28 @@ def encode(examples: list[Example], tok, spec: DataSpec, report: RowReport) -> l
             continue
         task = spec.tasks.index(ex.task) if ex.task is not None else None
         out.append(Sample(ids, labels, ex.source, task=task))
+        filled.add(len(ids))
     if too_long:
         more = f" (+{len(too_long) - 5} more)" if len(too_long) > 5 else ""
         raise InputError([f"{len(too_long)} samples exceed data.max_length={spec.max_length} "
                           f"(data.overlength=error): {', '.join(too_long[:5])}{more}; raise data.max_length "
                           "or set data.overlength=truncate|drop"], title="bad dataset")
     return out
+
+
+class Filled:
+    """How many sequences the samples so far make: one each, or greedy packs (as `pack`) counted when full."""
+
+    def __init__(self, spec: DataSpec):
+        self.packing, self.max_length, self.sequences, self.open = spec.packing, spec.max_length, 0, 0
+
+    def add(self, n_tokens: int) -> None:
+        if not self.packing:
+            self.sequences += 1
+        elif self.open and self.open + n_tokens > self.max_length:  # the open pack is full: it counts
+            self.sequences, self.open = self.sequences + 1, n_tokens
+        else:
+            self.open += n_tokens
 
 
 def generation_prompt(tok, ex: Example, spec: DataSpec) -> str:

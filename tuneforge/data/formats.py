@@ -1,15 +1,18 @@
 """File formats: one registered class per `data=` option. Each turns a row into an Example or raises BadRow.
 
-The shared `load()` reads the train file (and eval file, or holds out `eval_split`), counting bad rows.
+The shared `load()` reads data.path (any source data/source.py opens: a file, glob, directory or hub id) and
+data.eval_path, or holds out `eval_split`, counting bad rows.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tuneforge.data.rows import BadRow, Example, RowReport, field_text, read_rows
+from tuneforge.data.rows import BadRow, Example, RowReport, field_text
+from tuneforge.data.source import open_rows
 from tuneforge.data.spec import AlpacaSpec, ChatSpec, DataSpec, JsonlSpec, QASpec, TextSpec
 from tuneforge.errors import InputError
 from tuneforge.registry import register
@@ -17,7 +20,7 @@ from tuneforge.registry import register
 
 @dataclass
 class Loaded:
-    train: list[Example]
+    train: Iterable[Example]  # a list; a lazy iterator when data.streaming=true
     eval: list[Example]
     report: RowReport
 
@@ -29,12 +32,17 @@ class Format:
     def to_example(self, row) -> Example:
         raise NotImplementedError
 
-    def read(self, ref: str, report: RowReport, limit: int = 0) -> list[Example]:
-        out = []
+    def examples(self, ref: str, split: str, report: RowReport, limit: int = 0) -> Iterator[Example]:
+        """The examples of `ref` (data/source.py: a file, glob, directory or hub id), bad rows counted in
+        `report`. The source is opened now (a missing file fails here); its rows are read as they are taken."""
+        s = self.spec
         try:
-            rows = list(read_rows(ref, report, limit))
+            rows = open_rows(ref, report, split, s.subset, s.streaming, limit)
         except FileNotFoundError as e:
             raise InputError([f"data file not found: {e.args[0]} (set data.path / data.eval_path)"]) from None
+        return self._examples(rows, report)
+
+    def _examples(self, rows, report: RowReport) -> Iterator[Example]:
         for loc, row in rows:
             try:
                 ex = self.to_example(row)
@@ -46,16 +54,23 @@ class Format:
                 report.add(str(e), loc)
                 continue
             ex.source = loc
-            out.append(ex)
-        report.valid += len(out)
-        return out
+            report.valid += 1
+            yield ex
+
+    def read(self, ref: str, report: RowReport, limit: int = 0, split: str = "train") -> list[Example]:
+        return list(self.examples(ref, split, report, limit))
 
     def load(self, seed: int) -> Loaded:
-        """Read, report bad rows (policy `bad_rows`), split train/eval. Raises InputError if nothing is usable."""
+        """Read, report bad rows (policy `bad_rows`), split train/eval. Raises InputError if nothing is usable.
+        With data.streaming=true, `train` is a lazy iterator of examples (the runner takes what it trains on)."""
         s, report = self.spec, RowReport()
-        train = self.read(s.path, report, s.limit)
+        if s.streaming:
+            stream = self.examples(s.path, s.split, report, s.limit)
+            evals = self.read(s.eval_path, report, split=s.eval_path_split or s.split) if s.eval_path else []
+            return Loaded(stream, evals, report)
+        train = self.read(s.path, report, s.limit, s.split)
         if s.eval_path:
-            evals = self.read(s.eval_path, report)
+            evals = self.read(s.eval_path, report, split=s.eval_path_split or s.split)
         else:
             k = int(s.eval_split) if s.eval_split >= 1 else int(round(len(train) * s.eval_split))
             k = min(k, max(len(train) - 1, 0))

@@ -1,4 +1,5 @@
-"""Reading rows from files, and the report of malformed rows (counted per reason, with file:line)."""
+"""Examples, the report of malformed rows (counted per reason, with file:line or row index), and the line reader
+for .jsonl/.json/.txt files (data/source.py picks the reader for each kind of data.path)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
-
-from tuneforge.resources import resolve_ref
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Example:
     text: Optional[str] = None  # plain text; every token is trained
     answer: Optional[str] = None  # reference answer for the checker
     task: Optional[str] = None  # multi-task data: the example's task name (data.task_field / data.tasks)
-    source: str = ""  # file:line
+    source: str = ""  # where the row was read: file:line, file[i], dir:split[i]
 
 
 class BadRow(Exception):
@@ -48,11 +48,8 @@ class RowReport:
         return out
 
 
-def read_rows(ref: str, report: RowReport, limit: int = 0) -> Iterator[tuple[str, dict | str]]:
+def read_lines(path: Path, report: RowReport, limit: int = 0) -> Iterator[tuple[str, dict | str]]:
     """Yield (location, row) from .jsonl, .json (list of objects) or .txt (blank-line separated documents)."""
-    path = resolve_ref(ref)
-    if not path.is_file():
-        raise FileNotFoundError(str(path))
     name, n = path.name, 0
     if path.suffix == ".txt":
         docs = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n")]

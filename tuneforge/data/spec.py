@@ -6,14 +6,24 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tuneforge.config.spec import Spec, knob, one_of, positive
+from tuneforge.data.source import names_files
 
 
 @dataclass
 class DataSpec(Spec):
     name: str = knob("jsonl", "format (configs/data/<name>.yaml)")
-    path: Optional[str] = knob(None, "training file: .jsonl (one object per line) or .json (a list of objects)")
-    eval_path: Optional[str] = knob(None, "separate eval file; default: hold out eval_split of path")
+    path: Optional[str] = knob(None, "training data: a file (.jsonl .json .parquet .arrow .csv .txt), a glob, a "
+                               "directory (data files, or a save_to_disk directory) or a hub dataset id (docs/data.md)")
+    split: str = knob("train", "split of a directory, save_to_disk DatasetDict or hub dataset (a file is one split)")
+    subset: Optional[str] = knob(None, "hub dataset configuration (subset) name, e.g. main for gsm8k")
+    eval_path: Optional[str] = knob(None, "separate eval data (any kind data.path takes); default: hold out "
+                                    "eval_split of path")
+    eval_path_split: Optional[str] = knob(None, "split of eval_path to read (default: data.split)")
     eval_split: float = knob(0.05, "held-out eval share: a fraction (<1) or a row count (>=1)")
+    cache: bool = knob(True, "reuse tokenized samples from $TUNEFORGE_CACHE/tokenized (default ~/.cache/tuneforge) "
+                             "when the data, tokenizer and data config are unchanged")
+    streaming: bool = knob(False, "read rows lazily and tokenize only those the run trains on (corpora larger "
+                                  "than memory; needs trainer.max_steps, see docs/data.md)")
     max_length: int = knob(1024, "tokens per sample (and per pack when packing)")
     overlength: str = knob("drop", "samples over max_length: drop, truncate, or error")
     bad_rows: str = knob("skip", "malformed rows (bad JSON, missing fields, empty): skip (and report) or error")
@@ -31,6 +41,29 @@ class DataSpec(Spec):
         if self.needs_path and not self.path:
             out.append(f"data.path is required for data={self.name}: set data.path=/path/to/train.jsonl "
                        f"(samples ship in pkg://tuneforge/data/examples/)")
+        for key, path, split in (("split", self.path, self.split),
+                                 ("eval_path_split", self.eval_path, self.eval_path_split or self.split)):
+            if path and split != "train" and names_files(path):
+                out.append(f"data.{key}={split}: {path} names files, which hold one split; point "
+                           f"data.{'path' if key == 'split' else 'eval_path'} at that split's files instead")
+        return out
+
+    def cross_problems(self, specs: dict) -> list[str]:
+        """data.streaming=true takes the rows the run trains on from the head of the stream."""
+        if not self.streaming:
+            return []
+        out, fix = [], "or set data.streaming=false"
+        if not self.needs_path:
+            out.append(f"data.streaming=true reads files; data={self.name} generates its rows: set data.streaming=false")
+        if specs["trainer"].max_steps <= 0:
+            out.append("data.streaming=true needs the run's length up front (a stream has no epochs): set "
+                       f"trainer.max_steps=N, {fix}")
+        if not self.eval_path and self.eval_split > 0:
+            out.append("data.streaming=true holds out no eval rows from the stream: set data.eval_path=<eval data> "
+                       f"or data.eval_split=0, {fix}")
+        if specs["selection"].name != "none":
+            out.append(f"selection={specs['selection'].name} chooses from the whole pool, but data.streaming=true "
+                       f"reads only the rows the run trains on: set selection=none, {fix}")
         return out
 
     needs_path = True

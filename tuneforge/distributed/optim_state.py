@@ -24,6 +24,8 @@ This module relies on DeepSpeed 0.19 internals (flat-partition attribute names);
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -201,3 +203,81 @@ def has_state(engine, p) -> bool:
         opt = engine.optimizer
         return p.requires_grad and hasattr(p, "ds_id") and opt.get_param_id(p) in opt.grad_position
     return getattr(p, "_hp_mapping", None) is not None
+
+
+# ---------------------------------------------------------------------- snapshot / restore (ZeRO 0-2)
+def _counters(obj) -> dict:
+    """The scalar attributes of an object (counters, flags, 0-dim tensors such as a grad norm)."""
+    return {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in vars(obj).items()
+            if isinstance(v, (bool, int, float, str, type(None))) or (torch.is_tensor(v) and v.dim() == 0)}
+
+
+def _put_counters(obj, saved: dict) -> None:
+    for k, v in saved.items():
+        setattr(obj, k, v.clone() if torch.is_tensor(v) else v)
+
+
+def _inner(engine):
+    return engine.optimizer if kind(engine) == "plain" else engine.optimizer.optimizer
+
+
+def _masters(engine) -> list[torch.Tensor]:
+    k = kind(engine)
+    if k == "plain":
+        return []
+    if k == "unfused":
+        return [hp for g in engine.optimizer.fp32_groups for hp in g]
+    return _flats(engine)
+
+
+def snapshot(engine) -> dict:
+    """Everything one optimizer step changes, copied (this rank's part): the trained weights, the fp32 masters,
+    every optimizer state tensor and scalar (moments, step counts), the param groups' values (lr), the LR
+    schedule, the engine's and the optimizer's counters and flags (global steps, the loss scale, the boundary
+    flag), and the random generators. ZeRO-3 is refused: its weights live in partitions re-gathered per use."""
+    k = kind(engine)
+    if k == "zero3":
+        raise NotImplementedError("snapshot/restore is not supported under ZeRO-3 (partitioned weights)")
+    inner = _inner(engine)
+    opt = engine.optimizer
+    wrappers = [engine, opt, inner, getattr(opt, "loss_scaler", None), getattr(opt, "loss_scale_config", None)]
+    return {
+        "weights": [(p, p.detach().clone()) for p in engine.module.parameters() if p.requires_grad],
+        "masters": [(m, m.detach().clone()) for m in _masters(engine)],
+        "state": {key: {n: (v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)) for n, v in st.items()}
+                  for key, st in inner.state.items()},
+        "groups": [{n: copy.deepcopy(v) for n, v in g.items() if n != "params"} for g in inner.param_groups],
+        "schedule": copy.deepcopy(engine.lr_scheduler.state_dict()) if engine.lr_scheduler is not None else None,
+        "counters": [(w, _counters(w)) for w in wrappers if w is not None],
+        "rng": (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
+    }
+
+
+@torch.no_grad()
+def restore(engine, snap: dict) -> None:
+    """Put a `snapshot` back, in place: tensors keep their identity (DeepSpeed's fragment views into the flat
+    partitions and moments stay valid); optimizer state created since the snapshot is dropped."""
+    for p, saved in snap["weights"] + snap["masters"]:
+        p.data.copy_(saved)
+    inner = _inner(engine)
+    for key in [key for key in inner.state if key not in snap["state"]]:
+        del inner.state[key]
+    for key, saved in snap["state"].items():
+        st = inner.state[key]
+        for n in [n for n in st if n not in saved]:
+            del st[n]
+        for n, v in saved.items():
+            if torch.is_tensor(v) and torch.is_tensor(st.get(n)) and st[n].shape == v.shape:
+                st[n].copy_(v)
+            else:
+                st[n] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)
+    for group, saved in zip(inner.param_groups, snap["groups"]):
+        group.update(copy.deepcopy(saved))
+    if snap["schedule"] is not None:
+        engine.lr_scheduler.load_state_dict(copy.deepcopy(snap["schedule"]))
+    for obj, saved in snap["counters"]:
+        _put_counters(obj, saved)
+    cpu, cuda = snap["rng"]
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console as RichConsole
@@ -76,6 +78,18 @@ class Console:
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.term, transient=False)
             self.progress.start()
             self._task = self.progress.add_task("train", total=total, completed=done, stats="")
+
+    @contextmanager
+    def bar(self, label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """A transient progress bar for a phase before training (e.g. tokenizing); yields `advance(n)`. Live on a
+        terminal with logger.progress=true only; elsewhere the phase reports its result in one line itself."""
+        if not self.live:
+            yield lambda n=1: None
+            return
+        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("eta"), TimeRemainingColumn(), console=self.term, transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda n=1: bar.advance(task, n)
 
     def step(self, step: int, m: dict) -> None:
         if not self.main:

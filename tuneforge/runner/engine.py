@@ -8,6 +8,9 @@
     release()              destroy the engine, leaving the model an ordinary module
     state(p) / put_state(p, s) / materialize() / held_numel() / held_bytes()
                            a parameter's optimizer state (fp32 master, Adam moments, step), any ZeRO stage
+    snapshot() / restore(s)
+                           everything an optimizer step changes, copied and put back exactly (ZeRO 0-2): a
+                           step taken to measure its effect (a data selector's probe) leaves no trace
     lr, reset_schedule(total)
                            the learning rate of the next step; rebuild the schedule for a new total step count
     forward / backward / micro_step / step_applied / advance_schedule
@@ -118,6 +121,12 @@ class Engine:
 
     def put_state(self, p: torch.nn.Parameter, state: dict) -> None:
         ostate.put(self.ds, p, state)
+
+    def snapshot(self) -> dict:
+        return ostate.snapshot(self.ds)
+
+    def restore(self, snap: dict) -> None:
+        ostate.restore(self.ds, snap)
 
     def materialize(self) -> None:
         ostate.materialize(self.ds)

@@ -1,5 +1,5 @@
-"""Build the model a run trains: load -> quantize -> apply the tuning method -> precision. One function, used by
-the runner and by eval/export (which rebuild a finished run's model the same way)."""
+"""Build the model a run trains: load -> quantize -> prune -> apply the tuning method -> precision. One function,
+used by the runner and by eval/export (which rebuild a finished run's model the same way)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def build(specs: dict, tok, ctx: MethodContext, zero3: bool = False):
     if specs["model"].gradient_checkpointing:
         enable_gradient_checkpointing(model, zero3)
     model = quant.apply(model)
+    model = registry.build("prune", specs["prune"]).apply(model, ctx)  # prune=none: unchanged
     method = registry.build("peft", specs["peft"])
     model = registry.build("precision", specs["precision"]).apply(method.apply(model, ctx))
     return model, method

@@ -1,4 +1,4 @@
-"""Work on a finished run: rebuild its model, re-evaluate it, export it.
+"""Work on a finished run: rebuild its model, re-evaluate it, export it, prune it (or prune a base model).
 
 The model is rebuilt exactly as the run built it (load -> quantize -> apply method) from <run_dir>/config.yaml,
 then the trained weights (<run_dir>/final/trainable.safetensors) are copied in by name. Export runs the run's
@@ -17,13 +17,15 @@ import torch
 from omegaconf import OmegaConf
 
 from tuneforge import registry
-from tuneforge.config.compose import run_export_stages
+from tuneforge.config.checks import run_device
+from tuneforge.config.compose import prune_spec_of, run_export_stages
 from tuneforge.config.run import Run
 from tuneforge.data.encode import encode
 from tuneforge.errors import InputError, RunError
 from tuneforge.export.base import ExportContext, run_stages
-from tuneforge.models.load import load_tokenizer
+from tuneforge.models.load import load_model, load_tokenizer
 from tuneforge.peft.base import MethodContext
+from tuneforge.prune import report, stage
 from tuneforge.runner import evaluate
 from tuneforge.runner.model import build
 from tuneforge.runner.objective import CausalLM
@@ -126,6 +128,63 @@ def retrain(run: Run, model, method, changes: dict, out: Path) -> dict:
     if code != 0:
         raise RunError(f"re-tuning failed ({summary.get('status')}: {summary.get('error')}); log in {out}")
     return summary
+
+
+def prune_run(run_dir: Path, overrides: list[str] = (), out: Path | None = None, log=None) -> Path:
+    """`tuneforge prune run_dir=DIR prune=<method> [prune.<knob>=...]`: the finished run's merged model pruned
+    with calibration windows from the run's own training data, written to DIR/pruned (or `out`)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "final" / FILE).is_file():
+        raise InputError([f"run_dir={run_dir} holds no finished run (no final/{FILE}): finish it first "
+                          "(trainer.resume=auto continues it), or prune a model with `tuneforge prune model=... "
+                          "prune=... out=DIR`"])
+    run = Run.load(run_dir)
+    spec = prune_spec_of(run.cfg, list(overrides))
+    specs, tok, model, method = rebuild(run)
+    if not method.hf_export or method.variants():
+        raise InputError([f"peft={specs['peft'].name} does not merge into one Hugging Face model, so there is no "
+                          "single model to prune: export it (`tuneforge export`) and prune an exported model "
+                          "with `tuneforge prune model.path=DIR/export/... prune=... out=DIR`"])
+    with torch.no_grad():
+        merged = method.merged(model)
+    return prune_and_save(merged, spec, specs, tok, out or run_dir / "pruned", log)
+
+
+def prune_model(overrides: list[str], out: Path, log=None) -> Path:
+    """`tuneforge prune [recipe=...] model=... prune=<method> out=DIR`: a base model pruned with calibration
+    windows from the recipe's training data, written to `out`."""
+    run = Run.compose(list(overrides))
+    specs = run.specs
+    if specs["prune"].name == "none":
+        raise InputError(["no pruning method: choose one, e.g. prune=wanda"])
+    tok = load_tokenizer(specs["model"])
+    model = load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(tok))
+    return prune_and_save(model, specs["prune"], specs, tok, Path(out), log)
+
+
+def prune_and_save(model, spec, specs: dict, tok, out: Path, log=None) -> Path:
+    """Prune `model` with windows of the run's tokenized training data; save it (zeros kept), the tokenizer, the
+    per-layer report (sparsity.json) and a README stating the sparsity in `out`."""
+    t, data = specs["trainer"], specs["data"]
+    loaded = registry.build("data", data).load(t.seed)
+    samples = [s.input_ids for s in encode(loaded.train, tok, data, loaded.report)]
+    device = "cuda" if run_device(specs) == "cuda" else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(t.threads or threads)  # trainer.threads, as the run's own ranks
+    try:
+        rep = stage.run(registry.build("prune", spec), model, samples, t.seed, log, device)
+    finally:
+        torch.set_num_threads(threads)
+    if log is not None:
+        log(report.table(rep))
+    total = sum(p.numel() for p in model.parameters())
+    rep["model_sparsity"] = sum(int((p == 0).sum()) for p in model.parameters()) / total
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    report.write(rep, out / "sparsity.json")
+    (out / "README.md").write_text(report.card(rep, specs["model"]))
+    return out
 
 
 def _run_of(path: Path) -> Path | None:

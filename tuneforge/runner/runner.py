@@ -31,7 +31,9 @@ from rich.markup import escape
 from tuneforge import registry, selection
 from tuneforge.config.run import Run
 from tuneforge.data.batching import collate
+from tuneforge.data.cache import encode_cached
 from tuneforge.data.encode import encode
+from tuneforge.data.formats import check_report
 from tuneforge.distributed import dist
 from tuneforge.distributed.ds_config import run_ds_config
 from tuneforge.errors import EXIT_FAILED, EXIT_OK, Diverged, InputError, Preempted, RunError
@@ -132,9 +134,9 @@ class Runner:
         self.tok = load_tokenizer(self.specs["model"])
         loaded = registry.build("data", spec).load(self.t.seed)
         report = loaded.report
-        pool = encode(loaded.train, self.tok, spec, report)
         self.eval_examples = loaded.eval[: self.t.eval_max_samples or None]
-        self.eval_samples = encode(self.eval_examples, self.tok, spec, report)
+        pool = self.tokenize(loaded.train, report, "train")
+        self.eval_samples = self.tokenize(self.eval_examples, report, "eval")
         if report.bad:
             self.console.print(f"[yellow]data:[/] {report.bad} rows skipped: " + "; ".join(report.lines()))
         self.data = TrainSet(pool, spec, self.t, dist.world())
@@ -143,6 +145,25 @@ class Runner:
             self.plan_steps()
         else:
             self.select()
+
+    def tokenize(self, examples, report, what: str) -> list:
+        """Encode with the tokenization cache; a stream (data.streaming) is read only as far as the run trains."""
+        spec, t0 = self.specs["data"], time.time()
+        if spec.streaming and what == "train":
+            need = self.t.max_steps * self.t.micro_batch_size * self.t.grad_accum * dist.world()
+            with self.console.bar(f"tokenize {what}", None if spec.packing else need) as advance:
+                samples = encode(examples, self.tok, spec, report, advance, until=need)
+            check_report(spec, report, len(samples))
+            self.console.print(f"data: streamed {len(samples)} {what} samples in {time.time() - t0:.1f}s")
+            return samples
+        with self.console.bar(f"tokenize {what}", len(examples)) as advance:
+            done = encode_cached(examples, self.tok, spec, report, advance)
+        if done.reused:
+            self.console.print(f"data: reused the tokenized {what} samples cached in {done.path}")
+        elif examples:
+            self.console.print(f"data: tokenized {len(examples)} {what} rows in {time.time() - t0:.1f}s"
+                               + (f" (cached in {done.path})" if done.path else ""))
+        return done.samples
 
     def select(self, model=None) -> None:
         """The selector's choice: on rank 0 (it may write caches), or on every rank when it runs the model

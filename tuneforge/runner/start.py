@@ -29,6 +29,7 @@ def preflight(run: Run) -> None:
     if config is not None:
         problems += registry.entry("peft", specs["peft"].name).builder.check_model(specs["peft"], config)
         problems += registry.entry("quant", specs["quant"].name).builder.check_model(specs["quant"], config)
+        problems += registry.entry("prune", specs["prune"].name).builder.check_model(specs["prune"], config)
     if run.cfg.deepspeed and not Path(run.cfg.deepspeed).is_file():
         problems.append(f"deepspeed={run.cfg.deepspeed}: file not found")
     try:
