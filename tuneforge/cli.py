@@ -7,6 +7,7 @@
     tuneforge export run_dir=DIR [export=[merge,prune]]  run the export stages: merged HF model (+ PEFT adapter) in DIR/export
     tuneforge prune run_dir=DIR prune=wanda [prune.sparsity=0.5]   prune a finished run's merged model into DIR/pruned
     tuneforge prune [recipe=NAME] model=... prune=wanda out=DIR     prune a base model (calibration: the recipe's data)
+    tuneforge merge DIR DIR ... merge=ties out=OUT      merge runs / exported models / LoRA adapters of one base
     tuneforge ckpt verify DIR                            check a checkpoint (or every checkpoint of a run) file by file
     tuneforge ckpt convert DIR                           universal copy of a checkpoint, for another topology
 
@@ -62,12 +63,20 @@ def cmd_train(args) -> int:
     if args.multirun:
         return run_sweep(args.overrides)
     run = Run.compose(args.overrides)
+    merge = run.specs["merge"]  # train -> merge: the finished run merged with merge.inputs into run_dir/merged
+    if merge.name != "none" and not merge.inputs:
+        raise InputError([f"merge={merge.name} in a training run merges it after training with merge.inputs=[DIR,...]"
+                          ": set them, or merge finished runs with `tuneforge merge DIR DIR ... out=DIR`"])
     for w in cross_axis_warnings(run.specs):
         _console().print(f"[yellow]warning:[/] {w}")
     preflight(run)
     run_dir = prepare_run_dir(run)
     code = start(run)
     _console().print(f"run dir: {run_dir}")
+    if code == EXIT_OK and merge.name != "none":
+        from tuneforge.runner.offline import merge_run
+
+        merge_run(run, [str(run_dir), *merge.inputs], run_dir / "merged", log=_console().print)
     return code
 
 
@@ -208,6 +217,20 @@ def cmd_prune(args) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args) -> int:
+    from tuneforge.config.run import Run
+    from tuneforge.runner.offline import merge_run
+
+    outs = [o.split("=", 1)[1] for o in args.overrides if o.startswith("out=")]
+    if len(outs) != 1:
+        raise InputError(["usage: tuneforge merge DIR DIR ... merge=<method> [merge.<knob>=...] [recipe=R data=...] "
+                          "out=OUT (run directories, exported models or LoRA adapters of one base)"])
+    paths = [o for o in args.overrides if "=" not in o]
+    run = Run.compose([o for o in args.overrides if "=" in o and not o.startswith("out=")])
+    merge_run(run, paths, Path(outs[0]), log=_console().print)
+    return EXIT_OK
+
+
 def cmd_ckpt(args) -> int:
     from tuneforge.runner import checkpoint
 
@@ -242,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
                                   "tuneforge export run_dir=DIR [export=[merge,prune]] [export.prune.sparsity=0.3]")
     sub.add_parser("prune", help="prune a finished run's model into DIR/pruned, or a base model into out=DIR: "
                                  "tuneforge prune run_dir=DIR prune=wanda [prune.pattern=2:4]")
+    sub.add_parser("merge", help="merge fine-tunes of one base into a Hugging Face model: tuneforge merge DIR DIR ... "
+                                 "merge=ties|dare|pcb|lines|task_arithmetic [merge.search=true] out=OUT")
     for sp in sub.choices.values():
         sp.add_argument("overrides", nargs="*", help="recipe=NAME, group=option, group.key=value")
     c = sub.add_parser("ckpt", help="checkpoint tools: tuneforge ckpt verify|convert DIR")
@@ -252,7 +277,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": cmd_train, "show": cmd_show, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export,
-            "ckpt": cmd_ckpt, "prune": cmd_prune}
+            "ckpt": cmd_ckpt, "prune": cmd_prune, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

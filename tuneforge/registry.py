@@ -24,6 +24,7 @@ PLUGIN_PACKAGES = (
     "tuneforge.optim",
     "tuneforge.distributed",
     "tuneforge.export",
+    "tuneforge.merge",
 )
 
 

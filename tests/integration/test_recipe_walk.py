@@ -30,6 +30,7 @@ RUN_ELSEWHERE = {
     "paser_tiny": "tests/unit/selection/test_paser.py",
     "middo_tiny": "tests/unit/selection/test_middo.py",
     "wanda_lora_tiny": "tests/integration/test_prune.py",
+    "merge_add_sub_tiny": "tests/integration/test_merge.py",  # a merge recipe: `tuneforge merge`, no training
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 

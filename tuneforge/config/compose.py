@@ -409,6 +409,8 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
         cfg[key] = OmegaConf.merge(OmegaConf.structured(schema_for(key, raw[key].name)), raw[key]) if key in GROUPS else raw[key]
     if "prune" not in raw:  # runs from before the prune group were not pruned
         cfg["prune"] = OmegaConf.structured(schema_for("prune", "none"))
+    if "merge" not in raw:  # runs from before the merge group: no merge
+        cfg["merge"] = OmegaConf.structured(schema_for("merge", "none"))
     problems: list[str] = []  # runs from before export stages existed export as export=[merge] did
     node = raw.get(EXPORT) or {"merge": _stage_defaults("merge")}
     cfg[EXPORT] = _typed_export(node, problems, chosen=[str(n) for n in node])

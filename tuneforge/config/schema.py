@@ -112,7 +112,7 @@ class LoggerSpec(Spec):
 PRESET_SCHEMAS: dict[str, type] = {"model": ModelSpec, "zero": ZeroSpec, "trainer": TrainerSpec, "logger": LoggerSpec}
 # Every config group, in the order a run uses them.
 GROUPS = ("model", "data", "selection", "peft", "quant", "prune", "precision", "zero", "optim", "sched", "trainer",
-          "launcher", "logger")
+          "launcher", "logger", "merge")
 # A group whose choice is a list of options: the stages `tuneforge export` runs, in order (export=[merge,prune]);
 # each stage's knobs sit under export.<stage> (configs/export/<stage>.yaml, `@register("export", <stage>, ...)`).
 EXPORT = "export"

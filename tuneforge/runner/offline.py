@@ -43,17 +43,28 @@ def rebuild(run: Run):
     return specs, tok, model, method
 
 
-def eval_run(run_dir: Path) -> dict:
-    specs, tok, model, _ = rebuild(Run.load(run_dir))
+def evaluator(specs: dict, tok):
+    """model -> eval row on the specs' eval data: loss, and exact match when the data has a checker."""
     t, data = specs["trainer"], specs["data"]
     loaded = registry.build("data", data).load(t.seed)
     examples = loaded.eval[: t.eval_max_samples or None]
     samples = encode(examples, tok, data, loaded.report)
     autocast = registry.build("precision", specs["precision"]).autocast("cpu")
-    row = evaluate.eval_loss(CausalLM(model), samples, t.eval_batch_size, tok.pad_token_id, "cpu", autocast, data.tasks)
-    if data.checker != "none":
-        row.update(evaluate.exact_match(model, tok, examples, data, t.eval_batch_size, t.max_new_tokens, "cpu",
-                                        autocast, synced=False)[0])
+
+    def run(model) -> dict:
+        row = evaluate.eval_loss(CausalLM(model), samples, t.eval_batch_size, tok.pad_token_id, "cpu", autocast,
+                                 data.tasks)
+        if data.checker != "none":
+            row.update(evaluate.exact_match(model, tok, examples, data, t.eval_batch_size, t.max_new_tokens, "cpu",
+                                            autocast, synced=False)[0])
+        return row
+
+    return run
+
+
+def eval_run(run_dir: Path) -> dict:
+    specs, tok, model, _ = rebuild(Run.load(run_dir))
+    row = evaluator(specs, tok)(model)
     (Path(run_dir) / "eval.json").write_text(json.dumps(row, indent=2))
     return row
 
@@ -174,3 +185,90 @@ def prune_and_save(model, spec, specs: dict, tok, out: Path, log=None) -> Path:
     report.write(rep, out / "sparsity.json")
     (out / "README.md").write_text(report.card(rep, specs["model"]))
     return out
+
+
+def _run_of(path: Path) -> Path | None:
+    """The run directory `path` is, or sits in (run/export, run/export/adapter), if any."""
+    for p in (path, path.parent, path.parent.parent):
+        if (p / "config.yaml").is_file():
+            return p
+    return None
+
+
+def _base_id(specs: dict) -> str:
+    """What a run was tuned from: its model path (and revision), or its preset's random init and seed."""
+    m = specs["model"]
+    if m.init == "random":
+        return f"model={m.name}, random init with seed {specs['trainer'].seed}"
+    return m.path + (f"@{m.revision}" if m.revision else "")
+
+
+def _merge_inputs(paths: list[Path], log) -> tuple[list[tuple[Path, str | None]], list[dict], dict | None]:
+    """([(model or adapter dir, base it was tuned from or None)], report rows, the first run's specs or None).
+    Run directories are checked for one base first, then exported where they have no export yet."""
+    bad = [f"merge input {p}: neither a tuneforge run directory (config.yaml), a Hugging Face model (config.json) "
+           "nor a PEFT adapter (adapter_config.json)" for p in paths
+           if not any((p / f).is_file() for f in ("config.yaml", "config.json", "adapter_config.json"))]
+    if len(paths) < 2:
+        bad.append(f"merge needs two or more inputs, got {len(paths)}: tuneforge merge DIR DIR ... out=DIR")
+    if bad:
+        raise InputError(bad)
+    owners = [_run_of(p) for p in paths]
+    specs = {o: Run.load(o).specs for o in owners if o is not None}
+    ids = {o: _base_id(s) for o, s in specs.items()}
+    if len(set(ids.values())) > 1:
+        first = next(iter(ids))
+        raise InputError([f"merge input {o} does not share the base: tuned from {i!r}, but {first} from "
+                          f"{ids[first]!r}" for o, i in ids.items() if i != ids[first]])
+    inputs, described = [], []
+    for p, owner in zip(paths, owners):
+        if p == owner:
+            if not (p / "export" / "config.json").is_file():
+                log(f"merge: exporting {p} first (tuneforge export)")
+                export_run(p, log=log)
+            p = p / "export"
+            if not (p / "config.json").is_file():
+                raise InputError([f"{owner}: its export is not one Hugging Face model (peft="
+                                  f"{specs[owner]['peft'].name} exports per variant or its own format): pass an "
+                                  "export/<variant> directory"])
+        inputs.append((p, ids.get(owner)))
+        described.append({"path": str(p), "run": str(owner) if owner else None, "base": ids.get(owner)})
+    return inputs, described, next(iter(specs.values()), None)
+
+
+def _merge_base(spec, inputs, first_run: dict | None):
+    """(base model in fp32, its id or None, tokenizer or None): merge.base, else the first run's base model, else
+    a LoRA adapter's base_model_name_or_path when it is a local directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.models.load import load_model, prepare_tokenizer
+
+    if spec.base is None and first_run is not None:
+        tok = load_tokenizer(first_run["model"])
+        return load_model(first_run["model"], seed=first_run["trainer"].seed, vocab_size=len(tok)), \
+            _base_id(first_run), tok
+    path = spec.base
+    if path is None:
+        adapter = next((p for p, _ in inputs if (p / "adapter_config.json").is_file()), None)
+        path = adapter and json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not path or not Path(path).is_dir():
+            raise InputError(["cannot tell which base the inputs were tuned from: set merge.base=<Hugging Face dir>"])
+    base = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    has_tok = [d for d in (Path(path), *(p for p, _ in inputs)) if (d / "tokenizer_config.json").is_file()]
+    return base, None, prepare_tokenizer(AutoTokenizer.from_pretrained(str(has_tok[0]))) if has_tok else None
+
+
+def merge_run(run: Run, paths: list[str], out: Path, log=print) -> dict:
+    """`tuneforge merge`: merge run directories (their export, made here if missing), exported Hugging Face models
+    or LoRA adapters with `run`'s merge method into `out`; a search evaluates on `run`'s eval data."""
+    from tuneforge.merge.merge import merge_models
+
+    spec = run.specs["merge"]
+    if spec.name == "none":
+        raise InputError(["choose a merge method: merge=task_arithmetic|ties|dare|pcb|lines"])
+    inputs, described, first_run = _merge_inputs([Path(p) for p in (paths or spec.inputs)], log)
+    base, base_id, tok = _merge_base(spec, inputs, first_run)
+    if spec.search and tok is None:
+        raise InputError(["merge.search=true needs a tokenizer: none beside merge.base or the inputs"])
+    evaluate_fn = evaluator(run.specs, tok) if spec.search else None
+    return merge_models(base.eval(), base_id, inputs, spec, Path(out), tok, evaluate_fn, log, described)

@@ -42,6 +42,9 @@ def run_sweep(overrides: list[str]) -> int:
     for i, job in enumerate(jobs):
         try:
             run = Run.compose(job)
+            if run.specs["merge"].name != "none":
+                raise InputError([f"merge={run.specs['merge'].name}: a sweep does not merge after training; merge "
+                                  "its runs with `tuneforge merge DIR DIR ... out=DIR`"])
             preflight(run)
             runs.append(run)
         except InputError as e:
