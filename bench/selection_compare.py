@@ -44,7 +44,13 @@ METHODS = {
     "random": ["selection=random"],
     "loss (high)": ["selection=loss", "selection.keep=high"],
     "loss (low)": ["selection=loss", "selection.keep=low"],
+    "perplexity (low)": ["selection=perplexity"],
+    "mates": ["selection=mates", "selection.reselect_every=10"],
+    "middo": ["selection=middo"],
 }
+# Not rows here, and why: preselect needs >= 3 scoring models with a benchmark ranking (one real model ships);
+# skillit needs skills (data.tasks), which this pool does not label; paser recovers a *pruned* model, so its
+# run would not train the same model as the others.
 FRACTION = {"all": None}  # rows that keep everything
 
 

@@ -26,7 +26,7 @@ NEEDS = {
     ("quant", "efficientqat"): ["peft=e2e_qp"],
     ("quant", "int8"): ["peft=qlora"],
     ("selection", "preselect"): ["selection.models=[tiny_llama@1,tiny_llama@2,tiny_llama@3]", "selection.ranking=[1,2,3]"],
-    ("selection", "paser"): ["selection.original=smollm2_135m"],  # the unpruned model the run's model came from
+    ("selection", "paser"): ["prune=magnitude", "selection.original=smollm2_135m"],  # recovers a pruned model
     ("selection", "skillit"): ["data.ops=[+,-]", "data.tasks=[add,sub]", "trainer.max_steps=10"],
     **{("data", n): [f"data.path=pkg://tuneforge/data/examples/{n}.{'txt' if n == 'text' else 'jsonl'}"]
        for n in ("jsonl", "alpaca", "sharegpt", "chat", "qa", "text")},
