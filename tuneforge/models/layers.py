@@ -8,6 +8,7 @@ result is an error naming the candidates rather than a guess.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -47,3 +48,40 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def layer_of_param(layers: nn.ModuleList) -> dict[int, int]:
     """id(parameter) -> index of the layer that owns it (embeddings, head and final norm are absent)."""
     return {id(p): i for i, layer in enumerate(layers) for p in layer.parameters()}
+
+
+class _Stop(Exception):
+    pass
+
+
+def layer_output(y):
+    """A decoder layer's hidden states (some transformers versions return them in a tuple)."""
+    return y[0] if isinstance(y, tuple) else y
+
+
+@torch.no_grad()
+def first_layer_inputs(model: nn.Module, layers: nn.ModuleList, batches) -> tuple[list, dict]:
+    """The first decoder layer's input hidden states for each batch of input ids (one forward each, stopped
+    there), and the layer's other keyword arguments (positions, rotary embeddings, mask: the same for every batch
+    of one shape). Calibration of layer-by-layer methods (pruning, Block-AP) starts here."""
+    hidden, kwargs = [], {}
+
+    def hook(module, args, kw):
+        hidden.append((args[0] if args else kw["hidden_states"]).detach())
+        if not kwargs:
+            kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
+        raise _Stop
+
+    h = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for ids in batches:
+            try:
+                model(input_ids=ids.to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    kwargs.pop("past_key_values", None)
+    kwargs["use_cache"] = False
+    return hidden, kwargs

@@ -4,7 +4,6 @@ hidden states between layers are kept, never a linear's inputs).
 
     windows(samples, n, seqlen, seed)   [n', seqlen] token windows: the tokenized samples shuffled (seeded),
                                         concatenated and cut (n' < n when the data is shorter)
-    first_inputs(model, layers, wins)   the first decoder layer's input per window, and its other arguments
     Stats                               one linear's inputs x (tokens x in) summed over every window:
         gram   G = sum x^T x  [in, in]  (SparseGPT's H = 2 G / windows; the report's ||(W - W^) X||^2 = tr(D G D^T))
         total  sum x          [in]      (DSnoT's E[X])
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tuneforge.models.layers import layer_output
+
 
 def windows(samples: list[list[int]], n: int, seqlen: int, seed: int) -> torch.Tensor:
     pool = list(samples)
@@ -29,37 +30,6 @@ def windows(samples: list[list[int]], n: int, seqlen: int, seed: int) -> torch.T
     stream = torch.tensor([t for ids in pool for t in ids], dtype=torch.long)
     have = min(n, len(stream) // seqlen)
     return stream[: have * seqlen].view(have, seqlen)
-
-
-class _Stop(Exception):
-    pass
-
-
-def first_inputs(model: nn.Module, layers: nn.ModuleList, wins: torch.Tensor) -> tuple[list, dict]:
-    """The first decoder layer's hidden-state input for each window (one forward each, stopped there), and the
-    layer's other keyword arguments (positions, rotary embeddings, mask: the same for windows of one length)."""
-    hidden, kwargs = [], {}
-
-    def hook(module, args, kw):
-        hidden.append((args[0] if args else kw["hidden_states"]).detach())
-        if not kwargs:
-            kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
-        raise _Stop
-
-    h = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            for ids in wins:
-                try:
-                    model(input_ids=ids[None].to(device), use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
-    kwargs.pop("past_key_values", None)
-    kwargs["use_cache"] = False
-    return hidden, kwargs
 
 
 @dataclass
@@ -93,10 +63,6 @@ class Stats:
         return (self.sq_norm / max(self.tokens, 1) - self.mean**2).clamp_min(0)
 
 
-def _out(y):
-    return y[0] if isinstance(y, tuple) else y
-
-
 @torch.no_grad()
 def collect(layer: nn.Module, linears: dict[str, nn.Linear], inputs: list, kwargs: dict) -> dict[str, Stats]:
     stats = {n: Stats.empty(m.in_features, m.weight.device) for n, m in linears.items()}
@@ -112,4 +78,4 @@ def collect(layer: nn.Module, linears: dict[str, nn.Linear], inputs: list, kwarg
 
 @torch.no_grad()
 def forward(layer: nn.Module, inputs: list, kwargs: dict) -> list:
-    return [_out(layer(x, **kwargs)) for x in inputs]
+    return [layer_output(layer(x, **kwargs)) for x in inputs]

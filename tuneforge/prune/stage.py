@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tuneforge.errors import InputError
-from tuneforge.models.layers import decoder_layers, unwrap
+from tuneforge.models.layers import decoder_layers, first_layer_inputs, unwrap
 from tuneforge.models.targets import target_linears
 from tuneforge.prune import cache_dir, calib, report
 
@@ -52,7 +52,7 @@ def run(pruner, model: nn.Module, samples: list, seed: int = 0, log=None, device
         + (f" (prune.n_samples={spec.n_samples}: the data holds no more)" if len(wins) < spec.n_samples else ""))
     was_training = model.training
     model.eval()
-    inputs, kwargs = calib.first_inputs(model, layers, wins) if len(wins) else ([], {})
+    inputs, kwargs = first_layer_inputs(model, layers, [w[None] for w in wins]) if len(wins) else ([], {})
     inputs, kwargs = [x.to(dev) for x in inputs], _to(kwargs, dev)
     rows, t0 = [], time.time()
     for i, layer in enumerate(layers):

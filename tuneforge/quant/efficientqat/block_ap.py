@@ -22,12 +22,8 @@ import torch
 from torch import nn
 
 from tuneforge.models.kbit import replace_modules
-from tuneforge.models.layers import decoder_layers
+from tuneforge.models.layers import decoder_layers, first_layer_inputs, layer_output
 from tuneforge.quant.efficientqat.quantizer import FakeQuantLinear
-
-
-class _Stop(Exception):
-    pass
 
 
 def windows(samples: list[list[int]], spec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,36 +38,6 @@ def windows(samples: list[list[int]], spec, seed: int) -> tuple[torch.Tensor, to
     n = min(spec.samples, (have - n_val) // b * b)
     cut = stream[: have * spec.seqlen].view(have, spec.seqlen)
     return cut[:n], cut[have - n_val:] if n_val else cut[:0]
-
-
-def _out(y):
-    return y[0] if isinstance(y, tuple) else y
-
-
-def capture(model: nn.Module, layers: nn.ModuleList, batches: list[torch.Tensor]) -> tuple[list, dict]:
-    """The first decoder layer's input hidden states for each batch, and its other arguments (positions,
-    rotary embeddings, mask: equal for every batch of one shape)."""
-    hidden, kwargs = [], {}
-
-    def hook(module, args, kw):
-        hidden.append((args[0] if args else kw["hidden_states"]).detach())
-        if not kwargs:
-            kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
-        raise _Stop
-
-    h = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            for ids in batches:
-                try:
-                    model(input_ids=ids, use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
-    kwargs.pop("past_key_values", None)
-    kwargs["use_cache"] = False
-    return hidden, kwargs
 
 
 def fake_quant_block(layer: nn.Module, spec) -> nn.Module:
@@ -111,7 +77,7 @@ def train_block(q: nn.Module, fp_out: list, q_in: list, val: tuple[list, list], 
     for epoch in range(spec.epochs):
         losses = []
         for x, y in zip(q_in, fp_out):
-            loss = mse(_out(q(load(x), **kwargs)), load(y))
+            loss = mse(layer_output(q(load(x), **kwargs)), load(y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if spec.clip_grad > 0:
@@ -128,7 +94,7 @@ def train_block(q: nn.Module, fp_out: list, q_in: list, val: tuple[list, list], 
 
 @torch.no_grad()
 def recon(q: nn.Module, q_in: list, fp_out: list, kwargs: dict, load=lambda x: x) -> float:
-    return sum(nn.functional.mse_loss(_out(q(load(x), **kwargs)), load(y)).item()
+    return sum(nn.functional.mse_loss(layer_output(q(load(x), **kwargs)), load(y)).item()
                for x, y in zip(q_in, fp_out)) / len(q_in)
 
 
@@ -183,7 +149,7 @@ def run(model: nn.Module, spec, train: torch.Tensor, val: torch.Tensor, cache: P
     say(f"efficientqat: Block-AP, {spec.bits}-bit groups of {spec.group_size}, {len(train)} calibration windows "
         f"of {train.shape[1]} tokens (+{len(val)} validation), {spec.epochs} epochs per block, "
         f"{len(layers)} blocks")
-    fp_in, kwargs = capture(model, layers, batches + vbatches)
+    fp_in, kwargs = first_layer_inputs(model, layers, batches + vbatches)
     fp_in, kwargs = [keep(x) for x in fp_in], _to(kwargs, dev)
     q_in = [x.clone() for x in fp_in]
     if cache is not None:
@@ -192,7 +158,7 @@ def run(model: nn.Module, spec, train: torch.Tensor, val: torch.Tensor, cache: P
     for i, layer in enumerate(layers):
         layer.to(dev)
         with torch.no_grad():  # targets: the full-precision block on full-precision inputs (next block's inputs)
-            fp_in = [keep(_out(layer(load(x), **kwargs))) for x in fp_in]
+            fp_in = [keep(layer_output(layer(load(x), **kwargs))) for x in fp_in]
         path = block_file(cache, i)
         if path is not None and path.is_file():
             q = load_block(layer, spec, path)
@@ -210,7 +176,7 @@ def run(model: nn.Module, spec, train: torch.Tensor, val: torch.Tensor, cache: P
                 save_file({k: v.contiguous() for k, v in q.state_dict().items()}, str(path))
         q.to(dev)
         with torch.no_grad():
-            q_in = [keep(_out(q(load(x), **kwargs))) for x in q_in]
+            q_in = [keep(layer_output(q(load(x), **kwargs))) for x in q_in]
         layers[i] = q.to(home)
         say(f"efficientqat: block {i + 1}/{len(layers)}: {note} ({time.time() - t0:.0f}s)")
     model.train(was_training)
