@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import summary, train_here, train_losses
 from tests.contracts.test_peft_family import Row, make, train
+from tests.golden import runs as golden
+from tuneforge.config.compose import compose
+from tuneforge.errors import InputError
+from tuneforge.hooks import TrainContext
+from tuneforge.runner.objective import CausalLM
 
 PROJ = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
         "mlp.up_proj", "mlp.down_proj"]
@@ -63,3 +69,113 @@ def test_perp_trains_the_intended_parameters_and_merges_without_new_nonzeros(for
     # the head trained (untied from the embeddings), the input embeddings did not
     assert not torch.equal(exported.lm_head.weight, head0)
     assert torch.equal(exported.model.embed_tokens.weight, embed0)
+
+
+def cubic(t: int, total: int, si: float, sf: float, wi: float, wf: float) -> float:
+    """PST's sparsity at step t (the reference's schedule_sparsity_ratio, written out)."""
+    if t <= wi * total:
+        return si
+    if t > total - wf * total:
+        return sf
+    return sf + (si - sf) * (1 - (t - wi * total) / (total - (wi + wf) * total)) ** 3
+
+
+def test_pst_mask_is_the_top_k_of_its_importance_and_density_follows_the_schedule(tmp_path):
+    total, sf, wi, wf = 5, 0.5, 0.2, 0.4
+    model, method, batch, *_ = make(Row(["peft=pst", "peft.r=2", "peft.mask_r=2", f"peft.sparsity={sf}",
+                                         f"peft.initial_warmup={wi}", f"peft.final_warmup={wf}"], ""), tmp_path)
+    names = [f"model.layers.{i}.{p}" for i in range(LAYERS) for p in PROJ]
+    parts = ("weight_U", "weight_V", "mask_A", "mask_B", "mask_R", "mask_C")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {f"{n}.{x}" for n in names for x in parts}
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    objective, seen = CausalLM(model), []
+    for t in range(total):
+        method.on_step_start(TrainContext(step=t, total_steps=total, model=model))
+        want = cubic(t, total, 0.0, sf, wi, wf)
+        seen.append(want)
+        with torch.no_grad():
+            for n in names:
+                m = model.get_submodule(n)
+                w = m.base.weight + m.weight_U @ m.weight_V  # beta = 1
+                score = w.abs() + m.mask_A @ m.mask_B + m.mask_R[:, None] + m.mask_C[None, :]  # alpha1 = alpha2 = 1
+                keep = w.numel() - round(want * w.numel())
+                top = torch.zeros(w.numel(), dtype=torch.bool)
+                top[torch.topk(score.flatten(), keep).indices] = True
+                used = m(torch.eye(w.shape[1])).T  # the layer's effective weight, read through its forward
+                assert torch.equal(used.flatten() != 0, top), f"step {t} {n}"
+                torch.testing.assert_close(used, w * top.view_as(w), rtol=1e-5, atol=1e-6)
+        if t not in (1, 3):  # two optimizer steps move the importance; the schedule needs none
+            continue
+        loss = objective(**batch)
+        loss.backward()
+        if t == 3:  # after a step (B != 0), the task's gradient reaches every importance parameter
+            for n in names:
+                m = model.get_submodule(n)
+                for x in parts:
+                    assert getattr(m, x).grad.abs().sum() > 0, f"{n}.{x}: no gradient"
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert seen[0] == seen[1] == 0.0 and 0 < seen[2] < seen[3] == sf == seen[4]  # every branch of the schedule
+    model.eval()
+    with torch.no_grad():
+        want_logits = model(input_ids=batch["input_ids"]).logits
+        merged = method.merged(model)
+        torch.testing.assert_close(merged(input_ids=batch["input_ids"]).logits, want_logits, rtol=1e-5, atol=1e-5)
+    for n in names:
+        w = merged.get_submodule(n).weight
+        assert int((w == 0).sum()) == round(sf * w.numel()), n
+
+
+def test_pst_straight_through_gradients_match_the_equations():
+    """On a toy layer: dL/dM = dL/dW' ⊙ (W + beta U V) passes straight through TopK to S, so
+    dL/dR = alpha2 · rowsum, dL/dC = alpha2 · colsum, dL/dA = alpha1 · dL/dM Bᵀ, dL/dB = alpha1 · Aᵀ dL/dM."""
+    from tuneforge.peft.pst.layer import PstLinear
+    from tuneforge.peft.pst.spec import PstSpec
+
+    g = torch.Generator().manual_seed(0)
+    spec = PstSpec(r=2, mask_r=3, beta=0.5, alpha1=0.7, alpha2=1.3)
+    m = PstLinear(torch.nn.Linear(6, 5, bias=False), spec, g)
+    with torch.no_grad():
+        for p in (m.weight_V, m.mask_B, m.mask_R, m.mask_C):
+            p.copy_(torch.randn(p.shape, generator=g))
+    m.n_kept.fill_(12)
+    x, gy = torch.randn(4, 6, generator=g), torch.randn(4, 5, generator=g)
+    (m(x) * gy).sum().backward()
+    with torch.no_grad():
+        w = m.base.weight + 0.5 * m.weight_U @ m.weight_V
+        gm = (gy.T @ x) * w  # dL/dW' ⊙ w
+    torch.testing.assert_close(m.mask_R.grad, 1.3 * gm.sum(1))
+    torch.testing.assert_close(m.mask_C.grad, 1.3 * gm.sum(0))
+    torch.testing.assert_close(m.mask_A.grad, 0.7 * gm @ m.mask_B.detach().T)
+    torch.testing.assert_close(m.mask_B.grad, 0.7 * m.mask_A.detach().T @ gm)
+
+
+def test_pst_after_a_prune_stage_is_refused_with_the_fix():
+    with pytest.raises(InputError) as e:
+        compose(["recipe=quickstart_tiny", "peft=pst", *PRUNED])
+    assert "peft=pst with prune=magnitude" in str(e.value) and "use prune=none" in str(e.value)
+
+
+@pytest.mark.parametrize("recipe", ["perp_tiny", "pst_tiny"])
+def test_tiny_recipe_trains_and_exports_a_half_sparse_model(recipe, tmp_path):
+    """The recipe walk's run of these twins (listed in its RUN_ELSEWHERE), plus their export: a plain HF model that
+    reproduces the run's own logits, with exactly half of every decoder linear zero (perp_tiny: the magnitude
+    prune's zeros kept through training and merge; pst_tiny: PST's final sparsity)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.cli import main
+
+    run = train_here(*golden.ARGS[recipe], out=tmp_path / "run")
+    assert summary(run)["status"] == "completed"
+    golden.check(recipe, train_losses(run))
+    assert main(["export", f"run_dir={run}"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
+    probe = load_file(str(run / "final" / "probe.safetensors"))
+    with torch.no_grad():
+        got = model(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(got, probe["logits"], rtol=1e-5, atol=1e-5)
+    linears = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+    assert len(linears) == LAYERS * len(PROJ)
+    assert all(int((w == 0).sum()) == w.numel() // 2 for w in linears)

@@ -29,6 +29,8 @@ RUN_ELSEWHERE = {
     "paser_tiny": "tests/unit/selection/test_paser.py",
     "middo_tiny": "tests/unit/selection/test_middo.py",
     "wanda_lora_tiny": "tests/integration/test_prune.py",
+    "perp_tiny": "tests/contracts/test_sparse_tuning.py",
+    "pst_tiny": "tests/contracts/test_sparse_tuning.py",
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 
