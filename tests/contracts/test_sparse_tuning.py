@@ -151,17 +151,19 @@ def test_pst_straight_through_gradients_match_the_equations():
     torch.testing.assert_close(m.mask_B.grad, 0.7 * m.mask_A.detach().T @ gm)
 
 
-def test_pst_after_a_prune_stage_is_refused_with_the_fix():
+@pytest.mark.parametrize("method", ["pst", "pat"])
+def test_pst_and_pat_after_a_prune_stage_are_refused_with_the_fix(method):
     with pytest.raises(InputError) as e:
-        compose(["recipe=quickstart_tiny", "peft=pst", *PRUNED])
-    assert "peft=pst with prune=magnitude" in str(e.value) and "use prune=none" in str(e.value)
+        compose(["recipe=quickstart_tiny", f"peft={method}", *PRUNED])
+    assert f"peft={method} with prune=magnitude" in str(e.value) and "use prune=none" in str(e.value)
 
 
-@pytest.mark.parametrize("recipe", ["perp_tiny", "pst_tiny"])
-def test_tiny_recipe_trains_and_exports_a_half_sparse_model(recipe, tmp_path):
+@pytest.mark.parametrize("recipe", ["perp_tiny", "pst_tiny", "pat_tiny"])
+def test_tiny_recipe_trains_and_exports_a_sparse_or_narrow_model(recipe, tmp_path):
     """The recipe walk's run of these twins (listed in its RUN_ELSEWHERE), plus their export: a plain HF model that
     reproduces the run's own logits, with exactly half of every decoder linear zero (perp_tiny: the magnitude
-    prune's zeros kept through training and merge; pst_tiny: PST's final sparsity)."""
+    prune's zeros kept through training and merge; pst_tiny: PST's final sparsity) or, for pat_tiny, 48 of the
+    64 hidden channels."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -175,7 +177,50 @@ def test_tiny_recipe_trains_and_exports_a_half_sparse_model(recipe, tmp_path):
     probe = load_file(str(run / "final" / "probe.safetensors"))
     with torch.no_grad():
         got = model(input_ids=probe["input_ids"]).logits
-    torch.testing.assert_close(got, probe["logits"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, probe["logits"], rtol=1e-4, atol=1e-4)
+    if recipe == "pat_tiny":
+        assert model.config.hidden_size == 48 and model.model.embed_tokens.weight.shape[1] == 48
+        return
     linears = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
     assert len(linears) == LAYERS * len(PROJ)
     assert all(int((w == 0).sum()) == w.numel() // 2 for w in linears)
+
+
+def test_pat_mask_ends_binary_at_the_target_count_and_the_shrunk_model_equals_the_masked_one(tmp_path):
+    keep, total, d = 48, 5, 64  # tiny_llama: hidden 64; freeze after round(0.8 x 5) = 4 steps
+    model, method, batch, *_ = make(Row(["peft=pat", "peft.r=4", f"peft.keep={keep}"], ""), tmp_path)
+    writers = [f"model.layers.{i}.{p}" for i in range(LAYERS) for p in ("self_attn.o_proj", "mlp.down_proj")]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == (
+        {f"{w}.W_{x}" for w in writers for x in ("up", "down")} | {"model.pat_mask.logits"})
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "W_" not in n and "pat_mask" not in n)
+    train(model, method, batch, steps=total)
+    logits = model.model.pat_mask.logits.detach()
+    mask = model.model.pat_mask()
+    assert set(mask.unique().tolist()) == {0.0, 1.0} and int(mask.sum()) == keep
+    assert torch.equal(mask.bool(), torch.zeros(d, dtype=torch.bool).index_fill(0, torch.topk(logits, keep).indices, True))
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=batch["input_ids"]).logits  # the masked model
+        small = method.merged(model)
+        got = small(input_ids=batch["input_ids"]).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert small.config.hidden_size == keep and sum(p.numel() for p in small.parameters()) < n_params
+    from transformers import AutoModelForCausalLM
+
+    small.save_pretrained(str(tmp_path / "small"))
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "small")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=batch["input_ids"]).logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_pat_identity_loss_reaches_w_down_as_its_gradient(tmp_path):
+    """With a task loss that ignores the output, W_down's gradient is exactly weight x d MSE(W_down W_downᵀ, I)/dW_down
+    (over grad_accum, once per step), computed here by autograd from the loss."""
+    model, method, batch, specs, *_ = make(Row(["peft=pat", "peft.r=4", "peft.identity_weight=0.5"], ""), tmp_path)
+    hsm = model.model.layers[0].self_attn.o_proj
+    with torch.no_grad():
+        hsm.W_down.add_(0.1 * torch.randn(hsm.W_down.shape, generator=torch.Generator().manual_seed(1)))
+    d = hsm.W_down.detach().clone().requires_grad_(True)
+    torch.nn.functional.mse_loss(d @ d.T, torch.eye(d.shape[0])).backward()
+    (model(input_ids=batch["input_ids"]).logits * 0).sum().backward()
+    torch.testing.assert_close(hsm.W_down.grad, 0.5 / specs["trainer"].grad_accum * d.grad, rtol=1e-5, atol=1e-7)

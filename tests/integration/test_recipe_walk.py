@@ -31,6 +31,7 @@ RUN_ELSEWHERE = {
     "wanda_lora_tiny": "tests/integration/test_prune.py",
     "perp_tiny": "tests/contracts/test_sparse_tuning.py",
     "pst_tiny": "tests/contracts/test_sparse_tuning.py",
+    "pat_tiny": "tests/contracts/test_sparse_tuning.py",
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 
