@@ -31,6 +31,9 @@ RUN_ELSEWHERE = {
     "middo_tiny": "tests/unit/selection/test_middo.py",
     "wanda_lora_tiny": "tests/integration/test_prune.py",
     "merge_add_sub_tiny": "tests/integration/test_merge.py",  # a merge recipe: `tuneforge merge`, no training
+    "perp_tiny": "tests/contracts/test_sparse_tuning.py",
+    "pst_tiny": "tests/contracts/test_sparse_tuning.py",
+    "pat_tiny": "tests/contracts/test_sparse_tuning.py",
 }
 TINY = sorted(r for r in recipes() if r.endswith("_tiny") or r == "full_tiny_zero3")
 
