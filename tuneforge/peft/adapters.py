@@ -43,6 +43,10 @@ class AdapterLinear(nn.Module):
     def delta(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def merged_weight(self) -> torch.Tensor:
+        """The weight `merge` writes into the base, in fp32 (W + delta unless a layer computes it otherwise)."""
+        return self.base.weight.float() + self.delta().float()
+
     def forward(self, x):
         return self.base(x) + self.extra(x)
 
@@ -63,7 +67,7 @@ def adapters(model: nn.Module) -> dict[str, AdapterLinear]:
 def merge(model: nn.Module) -> nn.Module:
     for qualname, ad in adapters(model).items():
         w = ad.base.weight
-        w.copy_((w.float() + ad.delta().float()).to(w.dtype))
+        w.copy_(ad.merged_weight().to(w.dtype))
         replace(model, qualname, ad.base)
     return model
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from tuneforge.models.layers import unwrap
 from tuneforge.models.targets import replace
-from tuneforge.peft.adapters import adapters, wrap
+from tuneforge.peft.adapters import merge, wrap
 from tuneforge.peft.base import TuningMethod
 from tuneforge.peft.perp.layer import HeadLora, MaskLora, ScaleLora
 from tuneforge.peft.perp.spec import PerpSpec
@@ -72,12 +72,7 @@ class Perp(TuningMethod):
         return model
 
     def merged(self, model):
-        with torch.no_grad():
-            for qualname, ad in adapters(model).items():
-                w = ad.base.weight
-                w.copy_(ad.merged_weight().to(w.dtype))
-                replace(model, qualname, ad.base)
-        return model
+        return merge(model)
 
 
 def norm_param(model: nn.Module, name: str) -> bool:

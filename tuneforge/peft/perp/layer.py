@@ -29,10 +29,6 @@ class _LowRank(AdapterLinear):
     def ba(self) -> torch.Tensor:
         return self.lora_B @ self.lora_A
 
-    def merged_weight(self) -> torch.Tensor:
-        """The weight this layer computes with, in fp32."""
-        return self.base.weight.float() + self.delta().float()
-
 
 class MaskLora(_LowRank):
     def __init__(self, base, r, alpha, gen):

@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from tuneforge.models.targets import replace
-from tuneforge.peft.adapters import adapters, wrap
+from tuneforge.peft.adapters import merge, wrap
 from tuneforge.peft.base import TuningMethod, trainable
 from tuneforge.peft.pst.layer import PstLinear
 from tuneforge.peft.pst.spec import PstSpec
@@ -87,9 +86,4 @@ class Pst(TuningMethod):
         return {n for n, _ in trainable(model)} | {n for n, _ in model.named_buffers() if n.endswith(".n_kept")}
 
     def merged(self, model):
-        with torch.no_grad():
-            for qualname, ad in adapters(model).items():
-                w = ad.base.weight
-                w.copy_(ad.merged_weight().to(w.dtype))
-                replace(model, qualname, ad.base)
-        return model
+        return merge(model)
