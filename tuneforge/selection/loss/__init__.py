@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from tuneforge.config.spec import Caps, Spec, knob, one_of, positive
 from tuneforge.data.batching import collate
@@ -42,14 +43,16 @@ class LossSelectionSpec(Spec):
 
 
 @torch.no_grad()
-def sample_losses(model, samples, batch_size: int, pad_id: int) -> list[float]:
-    """Mean token loss of each sample (every rank runs the same forwards: ZeRO-3 gathers are collective)."""
+def sample_losses(model, samples, batch_size: int, pad_id: int, params: dict | None = None) -> list[float]:
+    """Mean token loss of each sample (every rank runs the same forwards: ZeRO-3 gathers are collective);
+    `params`: weights to use in place of the model's own (torch.func.functional_call), e.g. a trained copy."""
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(samples), batch_size):
         batch = collate(samples[i:i + batch_size], pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        kw = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+        logits = (functional_call(model, params, args=(), kwargs=kw) if params else model(**kw)).logits
         target = batch["labels"][:, 1:].to(device)
         nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100, reduction="none")
         out += (nll.sum(1) / (target != -100).sum(1).clamp(min=1)).tolist()

@@ -89,25 +89,10 @@ def draw(train: list[list[int]], n: list[int], seed: int, step: int) -> list[int
 def skill_losses(model, held: list[list], batch_size: int, pad_id: int, params: dict | None = None) -> list[float]:
     """Per skill: mean over its held-out samples of each sample's mean token loss (`params`: weights to use in
     place of the model's own, e.g. a trained copy)."""
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call
+    from tuneforge.selection.loss import sample_losses
 
-    from tuneforge.data.batching import collate
-
-    device, out = next(model.parameters()).device, []
-    with torch.no_grad():
-        for samples in held:
-            per = []
-            for i in range(0, len(samples), batch_size):
-                b = collate(samples[i:i + batch_size], pad_id)
-                kw = {"input_ids": b["input_ids"].to(device), "attention_mask": b["attention_mask"].to(device)}
-                logits = (functional_call(model, params, args=(), kwargs=kw) if params else model(**kw)).logits
-                target = b["labels"][:, 1:].to(device)
-                nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100, reduction="none")
-                per += (nll.sum(1) / (target != -100).sum(1).clamp(min=1)).tolist()
-            out.append(sum(per) / len(per))
-    return out
+    return [sum(per) / len(per) for per in (sample_losses(model, samples, batch_size, pad_id, params)
+                                            for samples in held)]
 
 
 def learn_graph(model, train: list[list], held: list[list], spec: SkillitSpec, pad_id: int, seed: int) -> list[list[float]]:
