@@ -2,6 +2,8 @@
 
     tuneforge train [-m] [recipe=NAME] [key=value ...]   run a recipe (or a sweep with -m)
     tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config + generated DeepSpeed JSON (no model)
+    tuneforge plan [--json] [recipe=NAME] [key=value ...] memory per rank before anything loads; does it fit
+                                                         plan.gpu_mem=80GB plan.gpus=8, and the cheapest fix
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
     tuneforge export run_dir=DIR [export=[merge,prune]]  run the export stages: merged HF model (+ PEFT adapter) in DIR/export
@@ -69,7 +71,7 @@ def cmd_train(args) -> int:
                           ": set them, or merge finished runs with `tuneforge merge DIR DIR ... out=DIR`"])
     for w in cross_axis_warnings(run.specs):
         _console().print(f"[yellow]warning:[/] {w}")
-    preflight(run)
+    preflight(run, log=_console().print)
     run_dir = prepare_run_dir(run)
     code = start(run)
     _console().print(f"run dir: {run_dir}")
@@ -138,6 +140,23 @@ def _bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:,.2f} {unit}"
     return f"{n:,.0f} B"
+
+
+def cmd_plan(args) -> int:
+    from tuneforge.config.run import Run
+    from tuneforge.plan.planner import plan_run
+    from tuneforge.plan.report import render
+
+    run = Run.compose(args.overrides)
+    plan = plan_run(run)
+    if plan is None:
+        raise InputError([f"model.path={run.specs['model'].path}: its config is not available offline and the preset "
+                          "has no model.card: download the model, or give model.card (a config.json subset)"])
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        render(_console(), plan, run.recipe)
+    return EXIT_OK
 
 
 def _show_doc(con, specs) -> int:
@@ -259,6 +278,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("-m", "--multirun", action="store_true", help="sweep: comma-separated values run every combination")
     s = sub.add_parser("show", help="print the resolved config and the DeepSpeed JSON (loads no model)")
     s.add_argument("--doc", action="store_true", help="explain every key of the selected options")
+    pl = sub.add_parser("plan", help="memory per rank (weights, gradients, optimizer, activations, logits, peak) before "
+                                     "anything loads; whether it fits plan.gpu_mem x plan.gpus, and the cheapest fix")
+    pl.add_argument("--json", action="store_true", help="one JSON object (peak_bytes: the predicted per-rank peak)")
     sub.add_parser("recipes", help="list recipes")
     sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR")
     sub.add_parser("export", help="run the export stages into DIR/export (default: merged HF model, PEFT adapter): "
@@ -276,7 +298,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"train": cmd_train, "show": cmd_show, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "show": cmd_show, "plan": cmd_plan, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export,
             "ckpt": cmd_ckpt, "prune": cmd_prune, "merge": cmd_merge}
 
 

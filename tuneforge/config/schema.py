@@ -109,10 +109,42 @@ class LoggerSpec(Spec):
     tensorboard: bool = knob(False, "also write TensorBoard event files to <run_dir>/tensorboard")
 
 
-PRESET_SCHEMAS: dict[str, type] = {"model": ModelSpec, "zero": ZeroSpec, "trainer": TrainerSpec, "logger": LoggerSpec}
+@dataclass
+class PlanSpec(Spec):
+    name: str = knob("default", "preset name (configs/plan/<name>.yaml)")
+    gpu_mem: str = knob("auto", "memory of one device the plan is checked against, e.g. 80GB, 24GiB, 40000MB; auto: "
+                                "this machine's GPU, or its RAM shared by trainer.nproc ranks on a CPU")
+    gpus: int = knob(0, "devices (ranks) the plan is for; 0: the run's world size (launcher.nnodes x trainer.nproc)")
+    strict: bool = knob(False, "`tuneforge train` refuses to start (exit 2) when the plan does not fit")
+    measure: bool = knob(False, "also measure each training step's peak memory per rank (CUDA: max allocated; CPU: "
+                                "peak of live tensor bytes, by the profiler: slow) into summary.json")
+
+    def problems(self):
+        out = positive(self, "gpus", allow_zero=True)
+        if self.gpu_mem != "auto" and parse_bytes(self.gpu_mem) is None:
+            out.append(f"gpu_mem={self.gpu_mem!r} is not a size: write e.g. 80GB, 24GiB, 512MB or auto")
+        return out
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text) -> int | None:
+    """'80GB' -> 80e9, '24GiB' -> 24 * 2**30, '512' -> 512 (bytes); None when it is not a size."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _UNITS:
+        return None
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+PRESET_SCHEMAS: dict[str, type] = {"model": ModelSpec, "zero": ZeroSpec, "trainer": TrainerSpec, "logger": LoggerSpec,
+                                   "plan": PlanSpec}
 # Every config group, in the order a run uses them.
 GROUPS = ("model", "data", "selection", "peft", "quant", "prune", "precision", "zero", "optim", "sched", "trainer",
-          "launcher", "logger", "merge")
+          "launcher", "logger", "merge", "plan")
 # A group whose choice is a list of options: the stages `tuneforge export` runs, in order (export=[merge,prune]);
 # each stage's knobs sit under export.<stage> (configs/export/<stage>.yaml, `@register("export", <stage>, ...)`).
 EXPORT = "export"

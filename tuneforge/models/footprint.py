@@ -126,3 +126,13 @@ class SavedForBackward:
     @property
     def bytes(self) -> int:
         return sum(self.seen.values())
+
+
+def param_sizes(config) -> list[int]:
+    """Elements of every distinct parameter of the model (built on the meta device; tied tensors once)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [p.numel() for p in model.parameters()]

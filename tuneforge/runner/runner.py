@@ -43,6 +43,7 @@ from tuneforge.logging.console import Console, fmt_duration
 from tuneforge.logging.metrics import Metrics
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, count, trainable
+from tuneforge.plan.measure import StepPeak
 from tuneforge.precision.modes import resolve
 from tuneforge.runner import checkpoint, evaluate, faults
 from tuneforge.runner.engine import Engine
@@ -273,7 +274,7 @@ class Runner:
         while self.step < self.total_steps:
             if dist.all_sum([self.stop_signal is not None])[0]:  # every rank stops at the same step
                 self.preempt()
-            row = self.train_step()
+            row = self.measured_step()
             if self.step % t.log_every == 0 or self.step == self.total_steps or row.get("skipped"):
                 self.metrics.log(row)
                 self.console.step(self.step, row)
@@ -283,6 +284,15 @@ class Runner:
                 self.checkpoint()
         self.console.stop()
         self.evaluate()
+
+    def measured_step(self) -> dict:
+        """train_step, with its peak memory on this rank when plan.measure (plan/measure.py defines it)."""
+        if not self.specs["plan"].measure:
+            return self.train_step()
+        with StepPeak(self.device) as peak:
+            row = self.train_step()
+        self.measured_peak = max(getattr(self, "measured_peak", 0), peak.bytes)
+        return {**row, "peak_bytes": peak.bytes}
 
     def train_step(self) -> dict:
         """One optimizer step over this rank's micro-batches, normalised by the global batch's trained tokens (so
@@ -443,6 +453,7 @@ class Runner:
             "eval_before": first if len(evals) > 1 else {}, "eval": last,
             "skipped_steps": self.skipped, "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
             "optimizer_state_bytes": self.optimizer_state_bytes(),
+            "measured_peak_bytes": getattr(self, "measured_peak", None),
             **getattr(self, "counts", {}), "world_size": dist.world(), "phase_s": self.phase_s,
             "run_dir": str(self.run_dir), "error": error,
         }

@@ -17,12 +17,14 @@ from tuneforge.errors import InputError
 from tuneforge.logging import secrets
 from tuneforge.models.load import peek_config
 from tuneforge.models.load import preflight as model_preflight
+from tuneforge.plan.planner import make_plan
 from tuneforge.precision.modes import resolve
 
 
-def preflight(run: Run) -> None:
+def preflight(run: Run, log=None) -> None:
     """Input problems found without loading a model: data files and rows, local model paths, the tuning method
-    against the model's architecture, raw DS JSON."""
+    against the model's architecture, raw DS JSON; the memory plan (its one-line summary to `log`; a plan that
+    does not fit is a problem under plan.strict=true)."""
     specs = run.specs
     problems = model_preflight(specs["model"])
     config = peek_config(specs["model"]) if not problems else None
@@ -30,6 +32,7 @@ def preflight(run: Run) -> None:
         problems += registry.entry("peft", specs["peft"].name).builder.check_model(specs["peft"], config)
         problems += registry.entry("quant", specs["quant"].name).builder.check_model(specs["quant"], config)
         problems += registry.entry("prune", specs["prune"].name).builder.check_model(specs["prune"], config)
+        problems += check_plan(run, config, log)
     if run.cfg.deepspeed and not Path(run.cfg.deepspeed).is_file():
         problems.append(f"deepspeed={run.cfg.deepspeed}: file not found")
     try:
@@ -38,6 +41,16 @@ def preflight(run: Run) -> None:
         problems += e.problems
     if problems:
         raise InputError(problems)
+
+
+def check_plan(run: Run, config, log=None) -> list[str]:
+    plan = make_plan(run.specs, config, run.world_size, run.ranks_per_node)
+    if log is not None:
+        log(plan.summary())
+    if plan.fits or not run.specs["plan"].strict:
+        return []
+    fix = (f"set {' '.join(plan.proposal['overrides'])}" if plan.proposal else "use more ranks or a bigger device")
+    return [f"plan.strict=true: {plan.summary()}; {fix}, or `tuneforge plan` for the breakdown"]
 
 
 def default_run_dir(run: Run) -> Path:
