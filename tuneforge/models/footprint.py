@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 @dataclass
@@ -32,10 +33,25 @@ class Parts:
     linear_in_out: int  # sum of in + out features over the linear layers of one decoder layer
     linear_weights: int = 0  # elements of the linear layers' weight matrices in one decoder layer
     linear_rows: int = 0  # their output rows (sum of out features)
+    sizes: tuple = ()  # elements of every distinct parameter (tuneforge plan: ZeRO-3 persistence, largest tensor)
 
     @property
     def total(self) -> int:
         return self.embed + self.head + self.other + self.per_layer * self.n_layers
+
+
+class _SkipInit(TorchFunctionMode):
+    """In-place random initialisers do nothing: on the meta device there is nothing to fill, and torch's meta
+    decompositions of them take most of the time of building a large model's skeleton."""
+
+    OPS = {"uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+           "xavier_normal_", "orthogonal_"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in self.OPS and (args or "tensor" in kwargs):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def parts(config) -> Parts:
@@ -44,7 +60,7 @@ def parts(config) -> Parts:
 
     from tuneforge.models.layers import decoder_layers, layer_of_param
 
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         model = AutoModelForCausalLM.from_config(config)
     _, layers = decoder_layers(model)
     owner = layer_of_param(layers)
@@ -57,7 +73,8 @@ def parts(config) -> Parts:
     linears = [m for m in layers[0].modules() if isinstance(m, nn.Linear)]
     return Parts(counts["embed"], counts["head"], counts["other"], sum(p.numel() for p in layers[0].parameters()),
                  len(layers), sum(m.in_features + m.out_features for m in linears),
-                 sum(m.weight.numel() for m in linears), sum(m.out_features for m in linears))
+                 sum(m.weight.numel() for m in linears), sum(m.out_features for m in linears),
+                 tuple(p.numel() for p in model.parameters()))
 
 
 def per_rank_bytes(p: Parts, n_trainable: int, zero_stage: int, world: int, half_weights: bool,
@@ -127,12 +144,3 @@ class SavedForBackward:
     def bytes(self) -> int:
         return sum(self.seen.values())
 
-
-def param_sizes(config) -> list[int]:
-    """Elements of every distinct parameter of the model (built on the meta device; tied tensors once)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return [p.numel() for p in model.parameters()]

@@ -18,8 +18,9 @@ Every term is what the run's own code path allocates on the device (docs/plannin
 - **logits**: the LM head runs on trained positions only (runner/objective.py): their hidden states, the logits
   in the compute dtype, the fp32 upcast when that is not fp32, log-softmax's saved output and, in backward, two
   fp32 gradients of the same shape.
-- **step**: the optimizer step's temporaries (one fp32 tensor the size of its largest parameter, which from
-  ZeRO-1 is the rank's flat partition).
+- **step**: the larger of the optimizer step's temporaries (one fp32 tensor the size of its largest parameter,
+  which from ZeRO-1 is the rank's flat partition) and, at ZeRO-0, the flat copy of the gradients DeepSpeed
+  all-reduces after backward (up to `allreduce_bucket_size` elements; made even on one rank).
 
 The peak is the larger of two moments: the start of backward (weights, optimizer states, every saved activation,
 the loss's gradient buffers) and the optimizer step (weights, optimizer states, full gradients, step temporaries).
@@ -27,9 +28,11 @@ the loss's gradient buffers) and the optimizer step (weights, optimizer states, 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+ALLREDUCE_BUCKET = 500_000_000  # elements per flat all-reduce buffer at ZeRO-0 (DeepSpeed engine.MEMORY_OPT_ALLREDUCE_SIZE)
 
 
 @dataclass
@@ -44,18 +47,32 @@ class Shape:
     mlp: int
     vocab: int
     parts: object  # models.footprint.Parts
-    sizes: list  # numel of every distinct parameter
+
+    @property
+    def sizes(self) -> tuple:  # elements of every distinct parameter
+        return self.parts.sizes
 
     @classmethod
     def of(cls, config) -> Shape:
-        from tuneforge.models.footprint import param_sizes, parts
-
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return cls(config.hidden_size, config.num_hidden_layers, heads,
                    getattr(config, "num_key_value_heads", None) or heads, head_dim,
                    getattr(config, "intermediate_size", 4 * config.hidden_size), config.vocab_size,
-                   parts(config), param_sizes(config))
+                   _parts(config.to_json_string()))
+
+
+@functools.lru_cache(maxsize=8)
+def _parts(config_json: str):
+    """The model's Parts, built once per architecture (on the meta device: seconds for a 70B model)."""
+    import json
+
+    from transformers import AutoConfig
+
+    from tuneforge.models.footprint import parts
+
+    fields = json.loads(config_json)
+    return parts(AutoConfig.for_model(fields.pop("model_type"), **fields))
 
 
 @dataclass
@@ -151,6 +168,8 @@ def breakdown(specs: dict, shape: Shape, s: Setting) -> dict[str, float]:
             grads_full += 4 * n_train
     largest = max(shape.sizes) if s.stage == 0 else n_train / world
     step = 0.0 if s.offload_optimizer else 4 * largest
+    if s.stage == 0:  # DeepSpeed all-reduces ZeRO-0 gradients through one flat copy (even on one rank)
+        step = max(step, min(n_train, ALLREDUCE_BUCKET) * grad_b)
 
     acts = activations(shape, s, cb * prec_activation_scale(prec, cb))
     loss = logits(shape, s, cb)

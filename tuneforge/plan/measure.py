@@ -12,6 +12,12 @@ own RSS (the Python interpreter, libraries, the allocator's cached pages, memory
 from __future__ import annotations
 
 import gc
+import json
+import random
+from pathlib import Path
+
+WORDS = ("the a model learns tokens from long text rows so every position of every sample is trained and the plan "
+         "can be checked against what one step holds").split()
 
 
 def live_tensor_bytes() -> int:
@@ -65,3 +71,22 @@ class StepPeak:
                 running += e.nbytes()
                 peak = max(peak, running)
         self.bytes = self.base + peak
+
+
+def write_full_rows(path: Path, rows: int = 64, words: int = 400) -> Path:
+    """The check's data: text rows of `words` random words, longer than any data.max_length the check uses, so
+    truncation makes every sample exactly max_length tokens, every position trained (the plan's worst case)."""
+    rng = random.Random(0)
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(words))}) + "\n"
+                            for _ in range(rows)))
+    return path
+
+
+def protocol_overrides(data: Path, seq: int = 64, micro_batch: int = 2) -> list[str]:
+    """How the plan is checked against a run (tests, bench/plan_validate.py): two measured steps on the rows of
+    `write_full_rows`, fp32, no packing; DeepSpeed buckets of 1M elements so that model states and activations,
+    not a 2 GB reduce bucket, decide the peak of a small model."""
+    return ["data=text", f"data.path={data}", "data.packing=false", "data.overlength=truncate",
+            f"data.max_length={seq}", "data.eval_split=2", "trainer.max_steps=2", "trainer.eval_at_start=false",
+            f"trainer.micro_batch_size={micro_batch}", "zero.reduce_bucket_size=1000000",
+            "zero.stage3_prefetch_bucket_size=1000000", "precision=fp32", "plan.gpu_mem=1TB", "plan.measure=true"]

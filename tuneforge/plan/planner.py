@@ -35,6 +35,7 @@ class Plan:
     fits: bool
     proposal: dict | None = None  # {"overrides": [...], "cost": float, "peak_bytes": int}
     notes: list = field(default_factory=list)
+    shape_sizes: list = field(default_factory=list, repr=False)  # elements of every distinct parameter
 
     @property
     def peak(self) -> float:
@@ -88,7 +89,7 @@ def make_plan(specs: dict, config, world: int, ranks_per_node: int) -> Plan:
     terms = breakdown(specs, shape, setting)
     budget, source = device_budget(ps, ranks_per_node if not ps.gpus else 1)
     fits = terms["peak"] <= HEADROOM * budget
-    plan = Plan(setting, terms, budget, source, fits)
+    plan = Plan(setting, terms, budget, source, fits, shape_sizes=shape.sizes)
     if terms["method"] == "":
         plan.notes.append(f"peft={setting.peft.name} declares no trainable estimate: planned as full fine-tuning")
     if not fits:

@@ -10,7 +10,7 @@ ROWS = (
     ("optimizer", "optimizer states", "moments + fp32 master partition (ZeRO >= 1 or half-precision weights)"),
     ("activations", "activations", "saved for backward: micro-batch x sequence x layers (checkpointing: inputs only)"),
     ("logits", "logits + loss", "head and cross-entropy buffers over the trained positions"),
-    ("step", "step temporaries", "the optimizer step's largest fp32 temporary"),
+    ("step", "step temporaries", "optimizer step temporary, or ZeRO-0's flat all-reduce copy of the gradients"),
     ("backward_start", "at backward start", "weights + optimizer + activations + loss buffers"),
     ("optimizer_step", "at optimizer step", "weights + optimizer + gradients + temporaries"),
 )
