@@ -5,7 +5,8 @@ Every term is what the run's own code path allocates on the device (docs/plannin
 - **weights**: every parameter in `precision.params` (tied tensors once); a quantized base stores its layers'
   linear weights as the `quant` spec's `weight_bytes` says; adapters add theirs. ZeRO-3 partitions over the
   ranks, except parameters under `stage3_param_persistence_threshold` elements (kept whole), and gathers the
-  layer in use plus the prefetch bucket.
+  layer in use (or the largest tensor, e.g. the head during the loss's backward) plus the prefetch bucket
+  (on one rank the partition is the whole tensor: nothing is gathered).
 - **gradients**: one per trainable element, in the weight dtype at ZeRO-0/1 (ZeRO-1 reduces them whole); from
   ZeRO-2 a fp32 partition (1/world) plus DeepSpeed's reduce bucket (`reduce_bucket_size` elements, two with
   `overlap_comm`).
@@ -18,9 +19,10 @@ Every term is what the run's own code path allocates on the device (docs/plannin
 - **logits**: the LM head runs on trained positions only (runner/objective.py): their hidden states, the logits
   in the compute dtype, the fp32 upcast when that is not fp32, log-softmax's saved output and, in backward, two
   fp32 gradients of the same shape.
-- **step**: the larger of the optimizer step's temporaries (one fp32 tensor the size of its largest parameter,
-  which from ZeRO-1 is the rank's flat partition) and, at ZeRO-0, the flat copy of the gradients DeepSpeed
-  all-reduces after backward (up to `allreduce_bucket_size` elements; made even on one rank).
+- **step**: the optimizer step's temporaries. At ZeRO-0 the larger of AdamW's two (square root and quotient of
+  the largest tensor) and the flat copy of the gradients DeepSpeed all-reduces after backward (up to
+  `MEMORY_OPT_ALLREDUCE_SIZE` elements; made even on one rank). From ZeRO-1 the step runs on the rank's flat
+  fp32 partition: about three fp32 copies of it (a float64 copy for the gradient norm, then AdamW's two).
 
 The peak is the larger of two moments: the start of backward (weights, optimizer states, every saved activation,
 the loss's gradient buffers) and the optimizer step (weights, optimizer states, full gradients, step temporaries).
@@ -148,7 +150,7 @@ def breakdown(specs: dict, shape: Shape, s: Setting) -> dict[str, float]:
         weights += p.n_layers * (quant.weight_bytes(p.linear_weights, p.linear_rows) - p.linear_weights * wb)
     if s.stage == 3:
         persistent = sum(n for n in shape.sizes if n < s.persistence) * wb
-        gathered = min(p.total, p.per_layer + s.prefetch_bucket) * wb
+        gathered = min(p.total, max(p.per_layer, max(shape.sizes)) + s.prefetch_bucket) * wb if world > 1 else 0
         weights = persistent + (0 if s.offload_param else (weights - persistent) / world) + gathered
 
     states = n_train * prec_state_bytes(prec, optim.state_bytes())
@@ -166,10 +168,12 @@ def breakdown(specs: dict, shape: Shape, s: Setting) -> dict[str, float]:
         grads_backward = 0.0
         if wb != 4 and s.stage == 0:  # bf16 optimizer: fp32 gradient accumulators beside the master copy
             grads_full += 4 * n_train
-    largest = max(shape.sizes) if s.stage == 0 else n_train / world
-    step = 0.0 if s.offload_optimizer else 4 * largest
-    if s.stage == 0:  # DeepSpeed all-reduces ZeRO-0 gradients through one flat copy (even on one rank)
-        step = max(step, min(n_train, ALLREDUCE_BUCKET) * grad_b)
+    if s.offload_optimizer:
+        step = 0.0
+    elif s.stage == 0:  # AdamW's two temporaries of the largest tensor, or the flat all-reduce copy of the grads
+        step = max(2 * 4 * max(shape.sizes), min(n_train, ALLREDUCE_BUCKET) * grad_b)
+    else:  # on the flat fp32 partition: a float64 copy for the norm, then AdamW's sqrt and division
+        step = 3 * 4 * n_train / world
 
     acts = activations(shape, s, cb * prec_activation_scale(prec, cb))
     loss = logits(shape, s, cb)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import random
+import warnings
 from pathlib import Path
 
 WORDS = ("the a model learns tokens from long text rows so every position of every sample is trained and the plan "
@@ -25,9 +26,12 @@ def live_tensor_bytes() -> int:
     import torch
 
     seen: dict[tuple, int] = {}
-    for obj in gc.get_objects():
+    with warnings.catch_warnings():  # isinstance() on some deprecated module-level objects warns
+        warnings.simplefilter("ignore")
+        objects = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    for obj in objects:
         try:
-            if not isinstance(obj, torch.Tensor) or obj.is_meta:
+            if obj.is_meta:
                 continue
             storage = obj.untyped_storage()
         except Exception:  # noqa: BLE001 - tensor subclasses without a plain storage (e.g. fake or sparse)
