@@ -163,6 +163,8 @@ def breakdown(specs: dict, shape: Shape, s: Setting) -> dict[str, float]:
         bucket = s.reduce_bucket * wb * (2 if s.overlap_comm else 1)
         grads_full = (0 if s.offload_optimizer else 4 * n_train / world) + bucket
         grads_backward = bucket
+        if s.stage == 3 and not adapter and n_train >= max(shape.sizes):  # the head's whole fp32 gradient, made
+            grads_backward += 4 * max(shape.sizes)  # while the loss's buffers live, before its reduction
     else:
         grads_full = n_train * grad_b + (4 * n_train / world if s.stage == 1 else 0)
         grads_backward = 0.0
