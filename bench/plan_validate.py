@@ -110,11 +110,10 @@ def paper_rows() -> None:
         plan = plan_run(Run.compose(["recipe=lisa_llama7b", *over, "trainer.micro_batch_size=1", "data.max_length=1024",
                                      "model.gradient_checkpointing=false", "precision.compute=bf16",
                                      "plan.gpu_mem=80GB"]))
-        n = plan.terms["trainable"]
-        # the paper's optimizer keeps two bf16 moments and no master copy: 4 B/trainable instead of 12 (or 16
-        # with the fp32 gradient accumulator DeepSpeed's bf16 optimizer keeps)
-        bf16_states = plan.peak - plan.terms["optimizer"] + 4 * n - (4 * n if plan.terms["peak"] ==
-                                                                     plan.terms["optimizer_step"] else 0)
+        t, n = plan.terms, plan.terms["trainable"]
+        # the paper's optimizer (torch AdamW on bf16 weights) keeps two bf16 moments and neither an fp32 master
+        # copy nor fp32 gradient accumulators: 4 B per trainable element in place of 12 (+4 at the step)
+        bf16_states = max(t["backward_start"] - t["optimizer"] + 4 * n, t["optimizer_step"] - t["optimizer"])
         print(f"| {name} | {PAPER[name] / 1e9:.0f} | {plan.peak / 1e9:.1f} | {bf16_states / 1e9:.1f} |")
 
 
