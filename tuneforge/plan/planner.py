@@ -3,7 +3,7 @@
 
 Changes and their cost (a rough throughput loss, summed when several combine; docs/planning.md):
 
-    zero stage 1 / 2 / 3        0.00 / 0.02 / 0.15   (more ranks share states, then gradients, then weights)
+    zero stage 1 / 2 / 3        0.00 / 0.02 / 0.15   (ranks share states, then gradients, then weights; CPU offload needs >= 1)
     halve the micro-batch       0.05 per halving     (grad_accum doubles: the global batch stays)
     gradient checkpointing      0.33                 (one more forward of every block)
     LISA gamma - 1              0.10 per layer       (fewer layers trained at a time: a change of method)
@@ -99,7 +99,7 @@ def make_plan(specs: dict, config, world: int, ranks_per_node: int) -> Plan:
 
 def candidates(s: Setting):
     """(cost, overrides, setting) for every combination of the changes above that differs from `s`."""
-    stages = [st for st in range(s.stage, 4) if st == s.stage or s.world > 1 or st == 3]
+    stages = range(s.stage, 4)
     batches, mb = [], s.micro_batch
     while mb >= 1:
         batches.append(mb)
