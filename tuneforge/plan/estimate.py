@@ -172,8 +172,9 @@ def breakdown(specs: dict, shape: Shape, s: Setting) -> dict[str, float]:
             grads_full += 4 * n_train
     if s.offload_optimizer:
         step = 0.0
-    elif s.stage == 0:  # AdamW's two temporaries of the largest tensor, or the flat all-reduce copy of the grads
-        step = max(2 * 4 * max(shape.sizes), min(n_train, ALLREDUCE_BUCKET) * grad_b)
+    elif s.stage == 0:  # AdamW's two temporaries of the largest trained tensor, or the flat all-reduce copy
+        largest = max((n for n in shape.sizes if n <= n_train), default=n_train) if not adapter else 0
+        step = max(2 * 4 * largest, min(n_train, ALLREDUCE_BUCKET) * grad_b)
     else:  # on the flat fp32 partition: a float64 copy for the norm, then AdamW's sqrt and division
         step = 3 * 4 * n_train / world
 
