@@ -38,10 +38,10 @@ class MlflowRun:
 
         self._metric = Metric
         self.client = MlflowClient(self.uri)
-        if resume_id is not None:
+        if resume_id is not None and self._in_store(resume_id):
             self.run_id = resume_id
             self.client.update_run(resume_id, status="RUNNING")
-        else:
+        else:  # a new run (also when the saved run is not in this store: logger.tracking_uri changed)
             exp = self.client.get_experiment_by_name(project)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(project)
             tags = {"tuneforge.run_dir": str(run_dir), **{t: "" for t in spec.tags}}
@@ -50,6 +50,15 @@ class MlflowRun:
             for i in range(0, len(params), _BATCH):
                 self.client.log_batch(self.run_id, params=params[i:i + _BATCH], tags=[RunTag("status", "running")])
         self.client.log_dict(self.run_id, config, "config.json")
+
+    def _in_store(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException:
+            return False
 
     def where(self) -> dict:
         return {"tracking_uri": self.uri}
