@@ -8,6 +8,7 @@
     tuneforge prune run_dir=DIR prune=wanda [prune.sparsity=0.5]   prune a finished run's merged model into DIR/pruned
     tuneforge prune [recipe=NAME] model=... prune=wanda out=DIR     prune a base model (calibration: the recipe's data)
     tuneforge merge DIR DIR ... merge=ties out=OUT      merge runs / exported models / LoRA adapters of one base
+    tuneforge plot RUN_DIR... | SWEEP_DIR [out=FILE] [metric=eval_loss]   runs' curves (+ a sweep's metric by value)
     tuneforge ckpt verify DIR                            check a checkpoint (or every checkpoint of a run) file by file
     tuneforge ckpt convert DIR                           universal copy of a checkpoint, for another topology
 
@@ -231,6 +232,20 @@ def cmd_merge(args) -> int:
     return EXIT_OK
 
 
+def cmd_plot(args) -> int:
+    from tuneforge.logging.plots import plot
+
+    opts = dict(o.split("=", 1) for o in args.overrides if "=" in o)
+    unknown = sorted(set(opts) - {"out", "metric"})
+    if unknown:
+        raise InputError([f"unknown option {k}=: tuneforge plot RUN_DIR... | SWEEP_DIR [out=FILE.png] [metric=NAME]"
+                          for k in unknown])
+    out = plot([Path(o) for o in args.overrides if "=" not in o], Path(opts["out"]) if "out" in opts else None,
+               opts.get("metric", "eval_loss"))
+    _console().print(f"plot: {out}")
+    return EXIT_OK
+
+
 def cmd_ckpt(args) -> int:
     from tuneforge.runner import checkpoint
 
@@ -267,6 +282,9 @@ def parser() -> argparse.ArgumentParser:
                                  "tuneforge prune run_dir=DIR prune=wanda [prune.pattern=2:4]")
     sub.add_parser("merge", help="merge fine-tunes of one base into a Hugging Face model: tuneforge merge DIR DIR ... "
                                  "merge=ties|dare|pcb|lines|task_arithmetic [merge.search=true] out=OUT")
+    sub.add_parser("plot", help="runs' loss and metric curves on one figure; for a sweep directory also the metric "
+                                "against each swept key: tuneforge plot RUN_DIR... | SWEEP_DIR [out=FILE.png] "
+                                "[metric=eval_loss]")
     for sp in sub.choices.values():
         sp.add_argument("overrides", nargs="*", help="recipe=NAME, group=option, group.key=value")
     c = sub.add_parser("ckpt", help="checkpoint tools: tuneforge ckpt verify|convert DIR")
@@ -277,7 +295,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": cmd_train, "show": cmd_show, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export,
-            "ckpt": cmd_ckpt, "prune": cmd_prune, "merge": cmd_merge}
+            "ckpt": cmd_ckpt, "prune": cmd_prune, "merge": cmd_merge, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

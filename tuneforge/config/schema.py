@@ -6,6 +6,7 @@ take their schema from the registry: `@register(group, name, config=Spec)`.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -107,6 +108,23 @@ class LoggerSpec(Spec):
     name: str = knob("console", "preset name (configs/logger/<name>.yaml)")
     progress: bool = knob(True, "live progress bar on a terminal (plain lines otherwise)")
     tensorboard: bool = knob(False, "also write TensorBoard event files to <run_dir>/tensorboard")
+    tracker: str = knob("none", "experiment tracker fed beside metrics.jsonl: none, wandb or mlflow (docs/tracking.md)")
+    project: Optional[str] = knob(None, "W&B project / MLflow experiment; default: the recipe's name")
+    run_name: Optional[str] = knob(None, "the tracker run's name; default: <recipe>/<run directory's name>")
+    tags: list[str] = knob([], "tags on the tracker run")
+    mode: str = knob("offline", "W&B: offline (files in <run_dir>/wandb, `wandb sync` them later; needs no "
+                                "network) or online")
+    entity: Optional[str] = knob(None, "W&B entity (team or user); default: yours")
+    tracking_uri: Optional[str] = knob(None, "MLflow tracking URI (a shared file store, a server http://...); "
+                                             "default: the file store <run_dir>/mlruns")
+    plots: bool = knob(True, "draw <run_dir>/plots/loss.png (losses and eval metrics against steps) at the end")
+
+    def problems(self):
+        out = one_of(self, "tracker", ("none", "wandb", "mlflow")) + one_of(self, "mode", ("offline", "online"))
+        if self.tracker != "none" and importlib.util.find_spec(self.tracker) is None:
+            out.append(f"logger.tracker={self.tracker} needs the {self.tracker} package: "
+                       "pip install 'tuneforge[track]' (or logger=console)")
+        return out
 
 
 PRESET_SCHEMAS: dict[str, type] = {"model": ModelSpec, "zero": ZeroSpec, "trainer": TrainerSpec, "logger": LoggerSpec}

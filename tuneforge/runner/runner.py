@@ -121,7 +121,8 @@ class Runner:
         torch.manual_seed(self.t.seed)
         logger = self.specs["logger"]
         self.console = Console(self.run_dir, main=dist.is_main(), progress=logger.progress)
-        self.metrics = Metrics(self.run_dir, enabled=dist.is_main(), tensorboard=logger.tensorboard)
+        self.metrics = Metrics(self.run_dir, enabled=dist.is_main(), logger=logger, config=self.cfg,
+                               recipe=self.cfg.recipe, warn=self.console.print)
         resolve(self.specs["precision"], self.device)  # precision=auto, when no run directory was prepared for it
         self.precision = registry.build("precision", self.specs["precision"])
         self.autocast = lambda: self.precision.autocast(self.device)
