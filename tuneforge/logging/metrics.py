@@ -58,12 +58,16 @@ class Metrics:
             self.tb.close()
         tracker, self.tracker = self.tracker, None
         plots, self.plots = self.plots, False
-        for what, todo in (("tracker", tracker and (lambda: self._finish(tracker))), ("plot", plots and self._plot)):
-            try:
-                if todo:
-                    todo()
-            except Exception as e:  # noqa: BLE001 - the run's own result stands; say what is missing
-                self.warn(f"warning: the {what} at the end of the run failed: {type(e).__name__}: {e}")
+        if tracker is not None:
+            self._safely("tracker", lambda: self._finish(tracker))
+        if plots:
+            self._safely("plot", self._plot)
+
+    def _safely(self, what: str, todo) -> None:
+        try:
+            todo()
+        except Exception as e:  # noqa: BLE001 - the run's own result stands; say what is missing
+            self.warn(f"warning: the {what} at the end of the run failed: {type(e).__name__}: {e}")
 
     def _finish(self, tracker) -> None:
         summary_file = self.run_dir / "summary.json"
