@@ -439,6 +439,7 @@ def harness_spec_of(cfg: DictConfig, overrides: list[str]):
     """The harness spec of `tuneforge eval run_dir=DIR harness.tasks=[...]`: the run's harness settings changed by
     harness.<knob>=value (anything else is an error: the run itself is fixed). No tasks is an error too."""
     parsed, problems = _parse(list(overrides))
+    others = len(problems)
     out = OmegaConf.create({"harness": OmegaConf.merge(OmegaConf.structured(schema_for("harness", "default")),
                                                        cfg.harness)})
     OmegaConf.set_struct(out, True)
@@ -448,8 +449,9 @@ def harness_spec_of(cfg: DictConfig, overrides: list[str]):
         else:
             problems.append(f"'{o.text}': `tuneforge eval run_dir=DIR` takes harness.<knob>=... (harness.tasks=[...], "
                             "harness.limit=..., ...); the run's other settings are fixed")
+            others += 1
     spec = None
-    if not problems:
+    if len(problems) == others:  # the harness keys applied: check their values too
         try:
             spec = OmegaConf.to_object(out.harness)
         except SpecError as e:

@@ -2,21 +2,23 @@
 
     eval_dir(run_dir, overrides) `tuneforge eval run_dir=DIR harness.tasks=[...]`: the three below
     check(spec)                 before any model loads: lm-eval installed, harness.include_path directories exist,
-                                every task name known (did you mean ...?); returns lm-eval's TaskManager
+                                every task name known (did you mean ...?)
     evaluate_run(run, spec)     the run's final model (merged, or as trained with its adapter layers) through
                                 lm-eval's HFLM and `simple_evaluate`; lm-eval's results in <run_dir>/harness/
     record(run_dir, headline)   the headline metrics merged into <run_dir>/summary.json under "harness"
 
 Task names resolve against tuneforge's shipped tasks (tuneforge/data/harness_tasks/, data inside the package, so
-they run offline) and the user's harness.include_path first; only a name not found there costs indexing lm-eval's
-own ~15k task YAMLs (seconds). Headline metrics are {task: {metric: value}}, lm-eval's "metric,filter" keys
+they run offline) and the user's harness.include_path first; only a name not found there is looked up among
+lm-eval's own tasks (their names cached per lm-eval version: indexing lm-eval's ~15k task YAMLs takes seconds). Headline metrics are {task: {metric: value}}, lm-eval's "metric,filter" keys
 written "metric" (filter "none") or "metric/filter", so a sweep or a Hydra override can name them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -35,34 +37,56 @@ SHIPPED = Path(__file__).resolve().parents[1] / "data" / "harness_tasks"
 INSTALL = "pip install 'tuneforge[eval]' (EleutherAI's lm-eval)"
 
 
-def task_manager(spec, builtin: bool = False):
-    """lm-eval's TaskManager over tuneforge's shipped tasks and harness.include_path (and lm-eval's own tasks
-    when `builtin`)."""
+def task_manager(spec):
+    """lm-eval's TaskManager for `spec`'s tasks: over tuneforge's shipped tasks and harness.include_path, plus
+    lm-eval's own tasks when one of them is lm-eval's (indexing those takes seconds)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(SHIPPED), *spec.include_path], include_defaults=builtin)
+    local = TaskManager(include_path=[str(SHIPPED), *spec.include_path], include_defaults=False)
+    if all(t in local.all_tasks for t in spec.tasks):
+        return local
+    return TaskManager(include_path=[str(SHIPPED), *spec.include_path], include_defaults=True)
 
 
-def check(spec):
-    """The TaskManager that knows every task of `spec`; InputError listing every problem otherwise."""
+def builtin_tasks() -> list[str]:
+    """lm-eval's own task, group and tag names, cached per lm-eval version in ~/.cache/tuneforge (lm-eval indexes
+    its ~15k task YAMLs to list them: seconds, more on a busy machine)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneforge" / \
+        f"lm_eval_tasks-{lm_eval.__version__}.json"
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(cache.read_text())
+    names = TaskManager(include_defaults=True).all_tasks
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(names))
+    return names
+
+
+def check(spec) -> None:
+    """Before any model loads: lm-eval installed, harness.include_path directories exist, every task name known
+    (did you mean ...?). One InputError lists every problem."""
     try:
         import lm_eval  # noqa: F401
     except ImportError:
         raise InputError([f"harness.tasks={list(spec.tasks)} runs lm-eval, which is not installed: {INSTALL}"]) from None
+    from lm_eval.tasks import TaskManager
+
     problems = [f"harness.include_path: {d} is not a directory (of lm-eval task YAMLs)"
                 for d in spec.include_path if not Path(d).is_dir()]
     if problems:
         raise InputError(problems)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes and the pre-built-model warning
-    tm = task_manager(spec)
-    if any(t not in tm.all_tasks for t in spec.tasks):
-        tm = task_manager(spec, builtin=True)
-        problems = [f"unknown lm-eval task '{t}'{did_you_mean(t, tm.all_tasks)}: `lm-eval ls tasks` lists lm-eval's "
-                    f"tasks; {', '.join(task_manager(spec).all_subtasks)} ship with tuneforge; your own task YAMLs "
-                    "join with harness.include_path=[DIR]" for t in spec.tasks if t not in tm.all_tasks]
-        if problems:
-            raise InputError(problems)
-    return tm
+    local = TaskManager(include_path=[str(SHIPPED), *spec.include_path], include_defaults=False)
+    unknown = [t for t in spec.tasks if t not in local.all_tasks]
+    known = set(builtin_tasks()) if unknown else set()
+    problems = [f"unknown lm-eval task '{t}'{did_you_mean(t, [*known, *local.all_tasks])}: `lm-eval ls tasks` lists "
+                f"lm-eval's tasks; {', '.join(local.all_subtasks)} ship with tuneforge or come from "
+                "harness.include_path=[DIR] (your own task YAMLs)" for t in unknown if t not in known]
+    if problems:
+        raise InputError(problems)
 
 
 def eval_dir(run_dir: Path, overrides: list[str], log=print) -> dict:
@@ -73,12 +97,12 @@ def eval_dir(run_dir: Path, overrides: list[str], log=print) -> dict:
         f"run_dir={run_dir} holds no finished run (no final/{FILE}): finish it first (trainer.resume=auto)"]
     try:
         spec = harness_spec_of(run.cfg, overrides)
-        tm = check(spec)
+        check(spec)
     except InputError as e:
         raise InputError([*problems, *e.problems]) from None
     if problems:
         raise InputError(problems)
-    return record(run_dir, evaluate_run(run, spec, log, tm))["harness"]
+    return record(run_dir, evaluate_run(run, spec, log))["harness"]
 
 
 def trained_model(run: Run, spec):
@@ -99,14 +123,14 @@ def trained_model(run: Run, spec):
     return model.to("cuda" if run_device(specs) == "cuda" else "cpu").eval(), tok
 
 
-def evaluate_run(run: Run, spec, log=print, tm=None) -> dict:
+def evaluate_run(run: Run, spec, log=print) -> dict:
     """Run lm-eval on the run's final model; write <run_dir>/harness/results.json (and samples_<task>.jsonl with
     harness.log_samples) and return the headline metrics {task: {metric: value}}."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.utils import make_table
 
-    tm = tm or check(spec)
+    tm = task_manager(spec)
     model, tok = trained_model(run, spec)
     seed = run.specs["trainer"].seed
     lm = HFLM(pretrained=model, tokenizer=tok, backend="causal", batch_size=spec.batch_size)

@@ -356,14 +356,14 @@ class Runner:
         spec = self.specs["harness"]
         if not spec.tasks:
             return
-        tm = harness.check(spec) if dist.is_main() else None  # checked in preflight too; lm-eval's TaskManager
         self.state_bytes = self.optimizer_state_bytes()
         self.engine.release()
         self.engine = self.objective = self._hf_ds = None  # no ZeRO-3 loading context for the rebuilt model
         if self.device == "cuda":
             torch.cuda.empty_cache()
         if dist.is_main():
-            self.harness = harness.evaluate_run(self.run_spec, spec, self.console.print, tm)
+            harness.check(spec)  # as preflight did (a run started by its config.yaml alone had none)
+            self.harness = harness.evaluate_run(self.run_spec, spec, self.console.print)
 
     def _on_stop_signal(self, signum, frame) -> None:
         """SIGTERM / SIGUSR1 (e.g. Slurm's pre-emption warning): finish the current step, commit a checkpoint,
