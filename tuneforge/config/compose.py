@@ -456,7 +456,7 @@ def harness_spec_of(cfg: DictConfig, overrides: list[str]):
             spec = OmegaConf.to_object(out.harness)
         except SpecError as e:
             problems += [f"harness.{p}" if re.match(r"^\w+=", p) else f"harness: {p}" for p in e.problems]
-    if spec is not None and not spec.tasks:
+    if not out.harness.tasks:
         problems.append("no lm-eval tasks: name them, e.g. harness.tasks=[tuneforge_gsm8k_local]")
     if problems:
         raise InputError(problems)
