@@ -76,15 +76,14 @@ def check(spec) -> None:
 
     problems = [f"harness.include_path: {d} is not a directory (of lm-eval task YAMLs)"
                 for d in spec.include_path if not Path(d).is_dir()]
-    if problems:
-        raise InputError(problems)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes and the pre-built-model warning
-    local = TaskManager(include_path=[str(SHIPPED), *spec.include_path], include_defaults=False)
+    dirs = [str(SHIPPED), *(d for d in spec.include_path if Path(d).is_dir())]
+    local = TaskManager(include_path=dirs, include_defaults=False)
     unknown = [t for t in spec.tasks if t not in local.all_tasks]
     known = set(builtin_tasks()) if unknown else set()
-    problems = [f"unknown lm-eval task '{t}'{did_you_mean(t, [*known, *local.all_tasks])}: `lm-eval ls tasks` lists "
-                f"lm-eval's tasks; {', '.join(local.all_subtasks)} ship with tuneforge or come from "
-                "harness.include_path=[DIR] (your own task YAMLs)" for t in unknown if t not in known]
+    problems += [f"unknown lm-eval task '{t}'{did_you_mean(t, [*known, *local.all_tasks])}: `lm-eval ls tasks` lists "
+                 f"lm-eval's tasks; tuneforge's and harness.include_path's: {', '.join(local.all_subtasks)}"
+                 for t in unknown if t not in known]
     if problems:
         raise InputError(problems)
 
