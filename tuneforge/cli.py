@@ -4,6 +4,7 @@
     tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config + generated DeepSpeed JSON (no model)
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
+    tuneforge eval run_dir=DIR harness.tasks=[T,...]     EleutherAI lm-eval on it (results in DIR/harness, summary.json)
     tuneforge export run_dir=DIR [export=[merge,prune]]  run the export stages: merged HF model (+ PEFT adapter) in DIR/export
     tuneforge prune run_dir=DIR prune=wanda [prune.sparsity=0.5]   prune a finished run's merged model into DIR/pruned
     tuneforge prune [recipe=NAME] model=... prune=wanda out=DIR     prune a base model (calibration: the recipe's data)
@@ -174,8 +175,8 @@ def cmd_recipes(args) -> int:
 def _run_dir(overrides: list[str], rest: bool = False) -> Path:
     dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
     if len(dirs) != 1 or (len(overrides) != 1 and not rest):
-        raise InputError(["usage: tuneforge eval run_dir=DIR | tuneforge export run_dir=DIR [export=[...]] "
-                          "[export.<stage>.<knob>=...]"])
+        raise InputError(["usage: tuneforge eval run_dir=DIR [harness.tasks=[...] harness.<knob>=...] | "
+                          "tuneforge export run_dir=DIR [export=[...]] [export.<stage>.<knob>=...]"])
     path = Path(dirs[0])
     if not (path / "config.yaml").is_file():
         raise InputError([f"run_dir={path} is not a tuneforge run directory (no config.yaml)"])
@@ -185,6 +186,14 @@ def _run_dir(overrides: list[str], rest: bool = False) -> Path:
 def cmd_eval(args) -> int:
     from tuneforge.runner.offline import eval_run
 
+    if any(o.startswith("harness") for o in args.overrides):  # lm-eval; else tuneforge's own eval
+        from tuneforge.runner.harness import eval_dir
+
+        con = _console()
+        found = eval_dir(_run_dir(args.overrides, rest=True), [o for o in args.overrides if not o.startswith("run_dir=")],
+                         log=con.print)
+        con.print(json.dumps(found, indent=2))
+        return EXIT_OK
     row = eval_run(_run_dir(args.overrides))
     _console().print(json.dumps(row, indent=2))
     return EXIT_OK
@@ -275,7 +284,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print the resolved config and the DeepSpeed JSON (loads no model)")
     s.add_argument("--doc", action="store_true", help="explain every key of the selected options")
     sub.add_parser("recipes", help="list recipes")
-    sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR")
+    sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR; with lm-eval: "
+                                "tuneforge eval run_dir=DIR harness.tasks=[tuneforge_gsm8k_local] [harness.limit=N]")
     sub.add_parser("export", help="run the export stages into DIR/export (default: merged HF model, PEFT adapter): "
                                   "tuneforge export run_dir=DIR [export=[merge,prune]] [export.prune.sparsity=0.3]")
     sub.add_parser("prune", help="prune a finished run's model into DIR/pruned, or a base model into out=DIR: "

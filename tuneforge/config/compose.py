@@ -411,6 +411,8 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
         cfg["prune"] = OmegaConf.structured(schema_for("prune", "none"))
     if "merge" not in raw:  # runs from before the merge group: no merge
         cfg["merge"] = OmegaConf.structured(schema_for("merge", "none"))
+    if "harness" not in raw:  # runs from before the harness group ran no lm-eval
+        cfg["harness"] = OmegaConf.structured(schema_for("harness", "default"))
     problems: list[str] = []  # runs from before export stages existed export as export=[merge] did
     node = raw.get(EXPORT) or {"merge": _stage_defaults("merge")}
     cfg[EXPORT] = _typed_export(node, problems, chosen=[str(n) for n in node])
@@ -431,3 +433,31 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
         raise InputError([f"cannot parse overrides: {_short(e)}"]) from None
     batches = BasicSweeper.split_arguments(parsed, None)
     return [job for batch in batches for job in batch]
+
+
+def harness_spec_of(cfg: DictConfig, overrides: list[str]):
+    """The harness spec of `tuneforge eval run_dir=DIR harness.tasks=[...]`: the run's harness settings changed by
+    harness.<knob>=value (anything else is an error: the run itself is fixed). No tasks is an error too."""
+    parsed, problems = _parse(list(overrides))
+    others = len(problems)
+    out = OmegaConf.create({"harness": OmegaConf.merge(OmegaConf.structured(schema_for("harness", "default")),
+                                                       cfg.harness)})
+    OmegaConf.set_struct(out, True)
+    for o in parsed:
+        if o.kind == "key" and o.key.split(".")[0] == "harness":
+            _apply_key(out, o, problems)
+        else:
+            problems.append(f"'{o.text}': `tuneforge eval run_dir=DIR` takes harness.<knob>=... (harness.tasks=[...], "
+                            "harness.limit=..., ...); the run's other settings are fixed")
+            others += 1
+    spec = None
+    if len(problems) == others:  # the harness keys applied: check their values too
+        try:
+            spec = OmegaConf.to_object(out.harness)
+        except SpecError as e:
+            problems += [f"harness.{p}" if re.match(r"^\w+=", p) else f"harness: {p}" for p in e.problems]
+    if not out.harness.tasks:
+        problems.append("no lm-eval tasks: name them, e.g. harness.tasks=[tuneforge_gsm8k_local]")
+    if problems:
+        raise InputError(problems)
+    return spec

@@ -127,10 +127,44 @@ class LoggerSpec(Spec):
         return out
 
 
-PRESET_SCHEMAS: dict[str, type] = {"model": ModelSpec, "zero": ZeroSpec, "trainer": TrainerSpec, "logger": LoggerSpec}
+@dataclass
+class HarnessSpec(Spec):
+    """EleutherAI lm-eval on the trained model (tuneforge/runner/harness.py, docs/evaluation.md): at the end of
+    `tuneforge train` when `tasks` is set, or afterwards with `tuneforge eval run_dir=DIR harness.tasks=[...]`."""
+
+    name: str = knob("default", "preset name (configs/harness/<name>.yaml)")
+    tasks: list[str] = knob([], "lm-eval task, group or tag names; tuneforge_gsm8k_local ships with tuneforge and "
+                                "needs no download. Empty: no lm-eval run")
+    include_path: list[str] = knob([], "directories of your own lm-eval task YAMLs (their `task:` names join tasks)")
+    limit: Optional[float] = knob(None, "examples per task: a count (>= 1) or a fraction (< 1); null: all")
+    num_fewshot: Optional[int] = knob(None, "few-shot examples per prompt; null: each task's own default")
+    batch_size: int = knob(8, "requests per forward pass")
+    max_gen_toks: Optional[int] = knob(None, "cap on generated tokens in generate tasks; null: each task's own")
+    model: str = knob("merged", "merged: adapters merged into the base, as `tuneforge export` writes it; adapter: "
+                                "the model as trained, adapter layers in place")
+    apply_chat_template: bool = knob(False, "wrap prompts in the tokenizer's chat template (chat-tuned models)")
+    log_samples: bool = knob(False, "also write each example's prompt, output and score to "
+                                    "<run_dir>/harness/samples_<task>.jsonl")
+    bootstrap_iters: int = knob(0, "bootstrap resamples for the metrics' standard errors (0: none, fast)")
+
+    def problems(self):
+        out = positive(self, "batch_size") + positive(self, "bootstrap_iters", allow_zero=True)
+        out += one_of(self, "model", ("merged", "adapter"))
+        if self.limit is not None and self.limit <= 0:
+            out.append(f"limit={self.limit} must be > 0: a count of examples, or a fraction below 1")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            out.append(f"num_fewshot={self.num_fewshot} must be >= 0")
+        if self.max_gen_toks is not None and self.max_gen_toks <= 0:
+            out.append(f"max_gen_toks={self.max_gen_toks} must be > 0")
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        return out + ([f"tasks lists {', '.join(twice)} twice"] if twice else [])
+
+
+PRESET_SCHEMAS: dict[str, type] = {"model": ModelSpec, "zero": ZeroSpec, "trainer": TrainerSpec, "logger": LoggerSpec,
+                                   "harness": HarnessSpec}
 # Every config group, in the order a run uses them.
 GROUPS = ("model", "data", "selection", "peft", "quant", "prune", "precision", "zero", "optim", "sched", "trainer",
-          "launcher", "logger", "merge")
+          "launcher", "logger", "merge", "harness")
 # A group whose choice is a list of options: the stages `tuneforge export` runs, in order (export=[merge,prune]);
 # each stage's knobs sit under export.<stage> (configs/export/<stage>.yaml, `@register("export", <stage>, ...)`).
 EXPORT = "export"

@@ -8,6 +8,7 @@
     train         the loop: hooks, micro-batches, optimizer step, log, eval, checkpoint; a step's loss is
                   its token losses summed over the whole global batch / its trained tokens (any split)
     save          final checkpoint, trained weights, probe logits, summary.json
+    eval_harness  lm-eval on the saved final model when harness.tasks is set (rank 0; tuneforge/runner/harness.py)
     teardown      close sinks, destroy the process group
 
 Tuning methods, data selectors and precision modes act during training only through their hooks
@@ -44,7 +45,7 @@ from tuneforge.logging.metrics import Metrics
 from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, count, trainable
 from tuneforge.precision.modes import resolve
-from tuneforge.runner import checkpoint, evaluate, faults
+from tuneforge.runner import checkpoint, evaluate, faults, harness
 from tuneforge.runner.engine import Engine
 from tuneforge.runner.model import build as build_lm
 from tuneforge.runner.objective import CausalLM, step_divisor
@@ -83,7 +84,8 @@ class Runner:
     def run(self) -> int:
         status, code, error = "failed", EXIT_FAILED, None
         try:
-            for phase in (self.setup, self.select_data, self.build_model, self.build_engine, self.train, self.save):
+            for phase in (self.setup, self.select_data, self.build_model, self.build_engine, self.train, self.save,
+                          self.eval_harness):
                 t0 = time.time()
                 phase()
                 self.phase_s[phase.__name__] = round(time.time() - t0, 2)
@@ -348,6 +350,22 @@ class Runner:
         self.save_probe(final)
         dist.barrier()
 
+    def eval_harness(self) -> None:
+        """lm-eval (harness.tasks) on rank 0, after the final checkpoint, on the saved final model: the same model
+        and numbers as `tuneforge eval run_dir=DIR harness.tasks=[...]`. The training engine is released first
+        (its memory is the evaluation's); the other ranks do not wait."""
+        spec = self.specs["harness"]
+        if not spec.tasks:
+            return
+        self.state_bytes = self.optimizer_state_bytes()
+        self.engine.release()
+        self.engine = self.objective = self._hf_ds = None  # no ZeRO-3 loading context for the rebuilt model
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        if dist.is_main():
+            harness.check(spec)  # as preflight did (a run started by its config.yaml alone had none)
+            self.harness = harness.evaluate_run(self.run_spec, spec, self.console.print)
+
     def _on_stop_signal(self, signum, frame) -> None:
         """SIGTERM / SIGUSR1 (e.g. Slurm's pre-emption warning): finish the current step, commit a checkpoint,
         exit with code 3. Further signals while saving only re-set the flag, so they cannot corrupt the save."""
@@ -443,9 +461,10 @@ class Runner:
             "final_train_loss": self.history["loss"][-1] if self.history["loss"] else None,
             "eval_before": first if len(evals) > 1 else {}, "eval": last,
             "skipped_steps": self.skipped, "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
-            "optimizer_state_bytes": self.optimizer_state_bytes(),
+            "optimizer_state_bytes": getattr(self, "state_bytes", None) or self.optimizer_state_bytes(),
             **getattr(self, "counts", {}), "world_size": dist.world(), "phase_s": self.phase_s,
             "run_dir": str(self.run_dir), "error": error,
+            **({"harness": self.harness} if getattr(self, "harness", None) else {}),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(secrets.redact_json(summary), indent=2))
         if status == "completed":

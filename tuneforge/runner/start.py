@@ -22,7 +22,7 @@ from tuneforge.precision.modes import resolve
 
 def preflight(run: Run) -> None:
     """Input problems found without loading a model: data files and rows, local model paths, the tuning method
-    against the model's architecture, raw DS JSON."""
+    against the model's architecture, raw DS JSON, lm-eval tasks (harness.tasks)."""
     specs = run.specs
     problems = model_preflight(specs["model"])
     config = peek_config(specs["model"]) if not problems else None
@@ -36,6 +36,13 @@ def preflight(run: Run) -> None:
         registry.build("data", specs["data"]).load(specs["trainer"].seed)
     except InputError as e:
         problems += e.problems
+    if specs["harness"].tasks:  # lm-eval after training: installed, task names known
+        from tuneforge.runner import harness
+
+        try:
+            harness.check(specs["harness"])
+        except InputError as e:
+            problems += e.problems
     if problems:
         raise InputError(problems)
 

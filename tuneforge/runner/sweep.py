@@ -111,6 +111,7 @@ def _result(i: int, job: list[str], job_dir: Path, code: int) -> dict:
         status = "failed"
     return {"job": i, "overrides": job, "status": status, "exit_code": code,
             "final_train_loss": summary.get("final_train_loss"), "eval": summary.get("eval", {}),
+            "harness": summary.get("harness", {}),
             "run_dir": str(job_dir), "error": summary.get("error")}
 
 
