@@ -1,6 +1,7 @@
 """tuneforge command line.
 
     tuneforge train [-m] [recipe=NAME] [key=value ...]   run a recipe (or a sweep with -m)
+    tuneforge train -m hydra/sweeper=optuna optim.lr=tag(log,interval(1e-5,1e-3)) ...   optuna search (docs/optuna.md)
     tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config + generated DeepSpeed JSON (no model)
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
@@ -62,6 +63,12 @@ def cmd_train(args) -> int:
     from tuneforge.runner.start import preflight, prepare_run_dir, start
     from tuneforge.runner.sweep import run_sweep
 
+    if "hydra/sweeper=optuna" in args.overrides:
+        if not args.multirun:
+            raise InputError(["hydra/sweeper=optuna runs a search of many trials: add -m (tuneforge train -m ...)"])
+        from tuneforge.runner import optuna_sweep
+
+        return optuna_sweep.run(args.overrides)
     if args.multirun:
         return run_sweep(args.overrides)
     run = Run.compose(args.overrides)

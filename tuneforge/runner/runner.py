@@ -37,7 +37,7 @@ from tuneforge.data.encode import encode
 from tuneforge.data.formats import check_report
 from tuneforge.distributed import dist
 from tuneforge.distributed.ds_config import run_ds_config
-from tuneforge.errors import EXIT_FAILED, EXIT_OK, Diverged, InputError, Preempted, RunError
+from tuneforge.errors import EXIT_FAILED, EXIT_OK, Diverged, InputError, Preempted, Pruned, RunError
 from tuneforge.hooks import TrainContext
 from tuneforge.logging import secrets
 from tuneforge.logging.console import Console, fmt_duration
@@ -49,6 +49,7 @@ from tuneforge.runner import checkpoint, evaluate, faults, harness
 from tuneforge.runner.engine import Engine
 from tuneforge.runner.model import build as build_lm
 from tuneforge.runner.objective import CausalLM, step_divisor
+from tuneforge.runner.optuna_sweep.trial import hooks_for as trial_hooks
 from tuneforge.runner.trainset import TrainSet
 from tuneforge.runner.weights import FILE as WEIGHTS
 from tuneforge.runner.weights import save_named
@@ -90,8 +91,8 @@ class Runner:
                 phase()
                 self.phase_s[phase.__name__] = round(time.time() - t0, 2)
             status, code = "completed", EXIT_OK
-        except Preempted as e:
-            status, code, error = "preempted", e.exit_code, str(e)
+        except (Preempted, Pruned) as e:
+            status, code, error = ("preempted" if isinstance(e, Preempted) else "pruned"), e.exit_code, str(e)
             self._console().print(f"[yellow]{escape(error)}[/]", force=True)
         except (InputError, RunError) as e:
             status, code, error = ("bad_input" if isinstance(e, InputError) else "failed"), e.exit_code, str(e)
@@ -246,7 +247,7 @@ class Runner:
                                    f"{self.engine.total_steps}): the learning-rate schedule is rebuilt for "
                                    f"{self.total_steps} steps, continuing at step {self.step}")
             self.engine.reset_schedule(self.total_steps)
-        self.hooks = [self.method, self.selector, self.precision]
+        self.hooks = [self.method, self.selector, self.precision, *trial_hooks(self.run_dir)]
         for hook in self.hooks:
             hook.on_train_start(self.context())
 
@@ -281,7 +282,9 @@ class Runner:
                 self.metrics.log(row)
                 self.console.step(self.step, row)
             if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
-                self.evaluate()
+                row, ctx = self.evaluate(), self.context()
+                for hook in self.hooks:
+                    hook.on_eval(ctx, row)
             if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
                 self.checkpoint()
         self.console.stop()
