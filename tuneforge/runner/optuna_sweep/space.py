@@ -27,7 +27,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tuneforge.config.spec import Spec, knob
+from tuneforge.config.spec import Spec, SpecError, knob
 from tuneforge.errors import InputError, did_you_mean
 
 SELECT = "hydra/sweeper=optuna"
@@ -161,7 +161,7 @@ def parse(overrides: list[str]) -> Search:
     for text in fixed:
         if text.split("=", 1)[0].lstrip("+~") in searched:
             problems.append(f"'{text}' fixes a key the search also varies: drop one of them")
-    if not params and spec is not None:
+    if not params and not sweeps and not file_params:
         problems.append("no search space: add a sweep, e.g. optim.lr=tag(log,interval(1e-5,1e-3)) or "
                         "hydra.sweeper.params.peft.r=choice(4,8,16)")
     if problems or spec is None:
@@ -201,9 +201,11 @@ def _spec(knobs: dict, problems: list[str]) -> OptunaSpec | None:
             problems.append(f"hydra.sweeper.{key}={value!r}: {str(e).splitlines()[0]}")
     if len(problems) > n:
         return None
-    spec = OmegaConf.to_object(typed)
-    problems += spec.problems()
-    return spec
+    try:
+        return OmegaConf.to_object(typed)
+    except SpecError as e:  # the range checks (Spec.__post_init__), all of them
+        problems += e.problems
+        return None
 
 
 def _param(key: str, o, text: str, problems: list[str]) -> Param | None:
