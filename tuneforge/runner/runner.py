@@ -49,8 +49,8 @@ from tuneforge.runner import checkpoint, evaluate, faults, harness
 from tuneforge.runner.engine import Engine
 from tuneforge.runner.model import build as build_lm
 from tuneforge.runner.objective import CausalLM, step_divisor
-from tuneforge.runner.optuna_sweep.trial import hooks_for as trial_hooks
 from tuneforge.runner.trainset import TrainSet
+from tuneforge.runner.trial import hooks_for as trial_hooks
 from tuneforge.runner.weights import FILE as WEIGHTS
 from tuneforge.runner.weights import save_named
 from tuneforge.selection import SelectionContext

@@ -26,7 +26,8 @@ from tuneforge.config.run import Run
 from tuneforge.distributed import launch
 from tuneforge.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_PRUNED, InputError, did_you_mean
 from tuneforge.logging.console import fmt_duration
-from tuneforge.runner.optuna_sweep import board, study, trial
+from tuneforge.runner import trial
+from tuneforge.runner.optuna_sweep import board, study
 from tuneforge.runner.optuna_sweep.space import Param, Search, assignment, parse, suggest
 from tuneforge.runner.start import preflight, prepare_run_dir, start
 from tuneforge.runner.sweep import sweep_dir
