@@ -12,7 +12,7 @@ pytest.importorskip("optuna")
 
 from tuneforge.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED  # noqa: E402
 
-TINY = ["recipe=quickstart_tiny", "data.checker=none", "data.n_eval=4", "trainer.max_steps=2", "trainer.eval_every=1",
+TINY = ["recipe=quickstart_tiny", "data.checker=none", "data.n_train=16", "data.n_eval=2", "trainer.max_steps=2", "trainer.eval_every=1",
         "trainer.eval_at_start=false", "trainer.resume=auto"]
 # a log-lr range whose low end barely moves the random model: those trials trail the median and are pruned
 SEARCH = ["hydra/sweeper=optuna", "optim.lr=tag(log,interval(1e-6,3e-2))", "hydra.sweeper.in_process=true",

@@ -92,18 +92,18 @@ class LocalLauncher:
                 out.close()
 
     def _watch(self, procs) -> int:
-        """The run's exit code. A rank that fails (any code but 0, or 3 = preempted with its checkpoint committed)
-        stops the others; otherwise wait for every rank."""
+        """The run's exit code. A rank that fails (any code but 0, 3 = preempted with its checkpoint committed, or
+        5 = pruned: every rank stops at the same step) stops the others; otherwise wait for every rank."""
         while True:
             codes = [p.poll() for p in procs]
-            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0, 3)]
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0, 3, 5)]
             if failed:
                 rank, code = failed[0]
                 print(f"rank {rank} exited with code {code}; stopping the other ranks", file=sys.stderr, flush=True)
                 self._stop(procs)
                 return code
             if all(c is not None for c in codes):
-                return 3 if 3 in codes else 0
+                return 3 if 3 in codes else 5 if 5 in codes else 0
             time.sleep(0.2)
 
     def _stop(self, procs) -> None:

@@ -11,6 +11,7 @@ the run ends with status "pruned" (exit code 5). No trial.json: no hook, and a r
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -32,6 +33,15 @@ def hooks_for(run_dir: Path | None) -> list[Hooks]:
     if path is None or not path.is_file():
         return []
     return [TrialReporter(json.loads(path.read_text()))]
+
+
+@functools.lru_cache(maxsize=4)
+def storage(url: str):
+    """One optuna storage per URL in a process: the sweeper and its in-process trials share it (opening an RDB
+    storage connects and checks its schema, a third of a second each time)."""
+    import optuna
+
+    return optuna.storages.get_storage(url)
 
 
 def build_pruner(knobs: dict):
@@ -59,7 +69,7 @@ class TrialReporter(Hooks):
         """The study's trial, or None when it no longer runs (e.g. a finished trial's run resumed by hand)."""
         import optuna
 
-        study = optuna.load_study(study_name=self.info["study"], storage=self.info["storage"],
+        study = optuna.load_study(study_name=self.info["study"], storage=storage(self.info["storage"]),
                                   pruner=build_pruner(self.info["pruner"]))
         frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == self.info["number"]), None)
         if frozen is None or frozen.state != optuna.trial.TrialState.RUNNING:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneforge.runner.optuna_sweep.space import OptunaSpec
+from tuneforge.runner.trial import storage
 
 DB = "optuna.db"
 RETRY_OF, RUN_DIR = "retry_of", "run_dir"  # user attributes of a trial
@@ -28,7 +29,7 @@ def open_study(spec: OptunaSpec, url: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=spec.study_name, storage=url, load_if_exists=True,
+    study = optuna.create_study(study_name=spec.study_name, storage=storage(url), load_if_exists=True,
                                 direction="maximize" if spec.maximize else "minimize")
     study.sampler = sampler(spec, len(study.trials))
     return study
@@ -48,7 +49,7 @@ def existing_direction(url: str, name: str) -> str | None:
     import optuna
 
     try:
-        study = optuna.load_study(study_name=name, storage=url)
+        study = optuna.load_study(study_name=name, storage=storage(url))
     except KeyError:
         return None
     return study.direction.name.lower()
