@@ -13,17 +13,41 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 from tuneforge.distributed import dist
 from tuneforge.errors import Pruned
 from tuneforge.hooks import Hooks, TrainContext
+from tuneforge.logging import secrets
 
 FILE = "trial.json"
+PASSWORD_ENV = "TUNEFORGE_OPTUNA_STORAGE_PASSWORD"  # named like a secret: logs redact its value
+
+
+def shown_url(url: str) -> str:
+    """The storage URL without its password, which moves to the environment (ranks inherit it, logs redact it):
+    trial.json and the console never hold it."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if not u.password or u.password == secrets.MASK:
+        return url
+    os.environ[PASSWORD_ENV] = u.password
+    return u.render_as_string(hide_password=True)  # the password as *** (secrets.MASK)
+
+
+def _real_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.password != secrets.MASK:
+        return url
+    return u.set(password=os.environ.get(PASSWORD_ENV, "")).render_as_string(hide_password=False)
 
 
 def write(run_dir: Path, storage: str, study: str, trial_id: int, number: int, metric: str, pruner: dict) -> None:
-    (run_dir / FILE).write_text(json.dumps({"storage": storage, "study": study, "trial_id": trial_id,
+    (run_dir / FILE).write_text(json.dumps({"storage": shown_url(storage), "study": study, "trial_id": trial_id,
                                             "number": number, "metric": metric, "pruner": pruner}, indent=1))
 
 
@@ -41,7 +65,7 @@ def storage(url: str):
     storage connects and checks its schema, a third of a second each time)."""
     import optuna
 
-    return optuna.storages.get_storage(url)
+    return optuna.storages.get_storage(_real_url(url))
 
 
 def build_pruner(knobs: dict):

@@ -4,6 +4,8 @@ sampler does not draw the first trials' values again; the leaderboard ranks comp
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 optuna = pytest.importorskip("optuna")
@@ -47,3 +49,16 @@ def test_a_resumed_sampler_draws_new_values(tmp_path):
         first.append(suggest(t, s.params[0]))
         st.tell(t, 0.0)
     assert first[0] != first[1]
+
+
+def test_a_storage_password_never_reaches_trial_json(tmp_path, monkeypatch):
+    from tuneforge.logging import secrets
+    from tuneforge.runner import trial
+
+    monkeypatch.delenv(trial.PASSWORD_ENV, raising=False)
+    url = "postgresql://tuner:s3cret-pw@db.example/optuna"
+    trial.write(tmp_path, url, "tuneforge", 1, 0, "eval_loss", {})
+    text = (tmp_path / trial.FILE).read_text()
+    assert "s3cret-pw" not in text and "tuner:***@db.example" in text
+    assert trial._real_url(json.loads(text)["storage"]) == url  # what the run's rank 0 opens
+    assert secrets.redact(f"connecting to {url}") == "connecting to postgresql://tuner:***@db.example/optuna"

@@ -24,7 +24,7 @@ def rows(study, spec: OptunaSpec, root: Path, outcomes: dict[int, dict]) -> list
         if t.state.name in ("WAITING", "RUNNING"):
             continue
         run_dir = t.user_attrs.get(RUN_DIR) or str(root / f"trial_{t.number}")
-        summary = _summary(Path(run_dir)) if t.number not in again else {}
+        summary = read_summary(Path(run_dir)) if t.number not in again else {}
         state = "retried" if t.number in again else {"COMPLETE": "complete", "PRUNED": "pruned"}.get(t.state.name, "failed")
         seen = outcomes.get(t.number, {})
         value = t.value if t.state.name == "COMPLETE" else (
@@ -37,7 +37,7 @@ def rows(study, spec: OptunaSpec, root: Path, outcomes: dict[int, dict]) -> list
     return out
 
 
-def _summary(run_dir: Path) -> dict:
+def read_summary(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):

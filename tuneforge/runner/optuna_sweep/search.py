@@ -62,7 +62,7 @@ def run_search(overrides: list[str]) -> int:
     trials = board.rows(st, spec, root, outcomes)
     path = board.write_summary(root, trials)
     console.print(board.leaderboard(trials, spec, root))
-    console.print(f"sweep summary: {path}\nstudy: {spec.study_name} in {url}")
+    console.print(f"sweep summary: {path}\nstudy: {spec.study_name} in {trial.shown_url(url)}")
     if stopped:
         console.print("[yellow]search pre-empted: run the same command with trainer.resume=auto to continue[/]")
         return EXIT_PREEMPTED
@@ -93,7 +93,7 @@ def _run_trial(st, tr, params: dict, search: Search, root: Path, url: str, conso
     trial.write(run_dir, url, spec.study_name, tr._trial_id, tr.number, spec.metric, knobs)  # noqa: SLF001 - the
     # trial's storage id: what optuna.trial.Trial(study, id) opens in the run's process
     code = start(run, log=None if spec.in_process else run_dir / "train.log", in_process=spec.in_process)
-    summary = board._summary(run_dir)  # noqa: SLF001
+    summary = board.read_summary(run_dir)
     took = fmt_duration(time.time() - t0)
     tr.set_user_attr("exit_code", code)
     value = summary.get("eval", {}).get(spec.metric)
@@ -178,5 +178,5 @@ def _check_existing(url: str, spec, resume: bool, root: Path) -> None:
                           "or choose another trainer.output_dir / hydra.sweeper.study_name"])
     want = "maximize" if spec.maximize else "minimize"
     if direction != want:
-        raise InputError([f"study '{spec.study_name}' in {url} was made to {direction}, this search would {want}: "
+        raise InputError([f"study '{spec.study_name}' in {trial.shown_url(url)} was made to {direction}, this search would {want}: "
                           "keep hydra.sweeper.direction/metric, or start another study"])
