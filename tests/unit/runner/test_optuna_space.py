@@ -10,8 +10,8 @@ pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 
 from tuneforge.errors import InputError  # noqa: E402
-from tuneforge.runner.optuna_sweep.search import corners, metric_problems  # noqa: E402
-from tuneforge.runner.optuna_sweep.space import parse  # noqa: E402
+from tuneforge.runner.optuna_sweep.search import corners  # noqa: E402
+from tuneforge.runner.optuna_sweep.space import metric_problems, parse  # noqa: E402
 
 
 def space(*overrides: str) -> dict:
@@ -107,9 +107,24 @@ def test_a_key_both_fixed_and_searched():
 def test_metric_must_be_in_the_runs_eval():
     from tuneforge.config.run import Run
 
-    data = Run.compose(["recipe=quickstart_tiny"]).specs["data"]
-    assert metric_problems("exact_match", data) == []
-    (p,) = metric_problems("exact_mach", data)
+    specs = Run.compose(["recipe=quickstart_tiny"]).specs
+    assert metric_problems("exact_match", specs) == []
+    (p,) = metric_problems("exact_mach", specs)
     assert "did you mean 'exact_match'" in p
-    no_checker = Run.compose(["recipe=quickstart_tiny", "data.checker=none"]).specs["data"]
+    no_checker = Run.compose(["recipe=quickstart_tiny", "data.checker=none"]).specs
     assert metric_problems("exact_match", no_checker) and not metric_problems("eval_ppl", no_checker)
+    (p,) = metric_problems("harness/tuneforge_gsm8k_local/exact_match", specs)  # no harness.tasks
+    assert "harness/<task>/<metric>" in p
+    harness = Run.compose(["recipe=quickstart_tiny", "harness.tasks=[tuneforge_gsm8k_local]"]).specs
+    assert metric_problems("harness/tuneforge_gsm8k_local/exact_match/strict-match", harness) == []
+
+
+def test_harness_metrics_direction_and_value():
+    from tuneforge.runner.optuna_sweep.space import metric_value
+
+    maximize = parse(["optim.lr=interval(0.1,1)", "hydra.sweeper.metric=harness/gsm8k/exact_match/strict-match"])
+    assert maximize.spec.maximize
+    assert not parse(["optim.lr=interval(0.1,1)", "hydra.sweeper.metric=harness/wikitext/word_perplexity"]).spec.maximize
+    summary = {"eval": {"eval_loss": 2.0}, "harness": {"gsm8k": {"exact_match/strict-match": 0.25}}}
+    assert metric_value(summary, "harness/gsm8k/exact_match/strict-match") == 0.25
+    assert metric_value(summary, "eval_loss") == 2.0 and metric_value(summary, "harness/gsm8k/acc") is None

@@ -24,10 +24,10 @@ from rich.console import Console
 
 from tuneforge.config.run import Run
 from tuneforge.distributed import launch
-from tuneforge.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_PRUNED, InputError, did_you_mean
+from tuneforge.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_PRUNED, InputError
 from tuneforge.logging.console import fmt_duration
 from tuneforge.runner import trial
-from tuneforge.runner.optuna_sweep import board, study
+from tuneforge.runner.optuna_sweep import board, space, study
 from tuneforge.runner.optuna_sweep.space import Param, Search, assignment, parse, suggest
 from tuneforge.runner.start import preflight, prepare_run_dir, start
 from tuneforge.runner.sweep import sweep_dir
@@ -96,7 +96,7 @@ def _run_trial(st, tr, params: dict, search: Search, root: Path, url: str, conso
     summary = board.read_summary(run_dir)
     took = fmt_duration(time.time() - t0)
     tr.set_user_attr("exit_code", code)
-    value = summary.get("eval", {}).get(spec.metric)
+    value = space.metric_value(summary, spec.metric)
     if code == EXIT_PRUNED:
         console.print(f"[yellow]pruned[/] at step {summary.get('steps')} ({took})")
         st.tell(tr, state=TrialState.PRUNED)
@@ -144,7 +144,7 @@ def validate(search: Search, console) -> Run:
         run = runs[0]
         if run.specs["merge"].name != "none":
             problems.append(f"merge={run.specs['merge'].name}: a search does not merge after training")
-        problems += metric_problems(search.spec.metric, run.specs["data"])
+        problems += space.metric_problems(search.spec.metric, run.specs)
         try:
             preflight(run)
         except InputError as e:
@@ -155,18 +155,6 @@ def validate(search: Search, console) -> Run:
     if problems:
         raise InputError(problems, title=f"optuna search not started ({len(points)} trial configurations checked)")
     return runs[0]
-
-
-def metric_problems(metric: str, data) -> list[str]:
-    """The metric must be a key of the run's eval row (runner.evaluate): loss and perplexity always, exact match
-    with an answer checker, per-task forms with multi-task data."""
-    known = ["eval_loss", "eval_ppl"] + [f"eval_loss/{t}" for t in data.tasks]
-    if data.checker != "none":
-        known += ["exact_match"] + [f"exact_match/{t}" for t in data.tasks]
-    if metric in known:
-        return []
-    return [f"hydra.sweeper.metric={metric}{did_you_mean(metric, known)}: not in this run's eval; "
-            f"choose {', '.join(known)}"]
 
 
 def _check_existing(url: str, spec, resume: bool, root: Path) -> None:

@@ -35,6 +35,8 @@ PREFIX = "hydra.sweeper."
 PARAMS = "hydra.sweeper.params."
 DIRECTIONS, SAMPLERS, PRUNERS = ("auto", "minimize", "maximize"), ("tpe", "random"), ("median", "hyperband", "none")
 HIGHER_IS_BETTER = ("exact_match",)  # metrics (and their per-task forms) that direction=auto maximizes
+LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "bits_per_byte")  # lm-eval metric names direction=auto minimizes
+HARNESS = "harness/"  # metric=harness/<task>/<metric>: lm-eval's headline metric in summary.json (end of run only)
 
 
 @dataclass
@@ -42,8 +44,10 @@ class OptunaSpec(Spec):
     n_trials: int = knob(10, "trials the study holds when the search ends (finished, pruned or failed); a rerun with "
                              "a larger n_trials continues the same study")
     metric: str = knob("eval_loss", "the key of the run's eval (summary.json `eval`) to optimize: eval_loss, "
-                                    "eval_ppl, exact_match, eval_loss/<task>, exact_match/<task>")
-    direction: str = knob("auto", "minimize, maximize, or auto (maximize exact_match metrics, minimize the others)")
+                                    "eval_ppl, exact_match, eval_loss/<task>, exact_match/<task>; or "
+                                    "harness/<task>/<metric> (lm-eval at the end of the run: nothing to prune on)")
+    direction: str = knob("auto", "minimize, maximize, or auto (maximize exact_match and lm-eval scores, minimize "
+                                  "losses and perplexities)")
     sampler: str = knob("tpe", "tpe (optuna's TPESampler) or random")
     seed: int = knob(42, "seed of the sampler (a resumed study reseeds with seed + the trials it already has)")
     startup_trials: int = knob(4, "tpe: random trials before the sampler models the results")
@@ -76,7 +80,17 @@ class OptunaSpec(Spec):
     def maximize(self) -> bool:
         if self.direction != "auto":
             return self.direction == "maximize"
+        if self.metric.startswith(HARNESS):
+            return not any(word in self.metric for word in LOWER_IS_BETTER)
         return self.metric.split("/")[0] in HIGHER_IS_BETTER
+
+
+def metric_value(summary: dict, metric: str):
+    """The metric's value in a run's summary.json (None when it has none)."""
+    if metric.startswith(HARNESS):
+        _, task, name = (metric.split("/", 2) + ["", ""])[:3]
+        return (summary.get("harness") or {}).get(task, {}).get(name)
+    return (summary.get("eval") or {}).get(metric)
 
 
 @dataclass
@@ -263,3 +277,22 @@ def suggest(trial, param: Param):
     if isinstance(d, IntDistribution):
         return trial.suggest_int(param.key, d.low, d.high, step=d.step, log=d.log)
     return trial.suggest_float(param.key, d.low, d.high, step=d.step, log=d.log)
+
+
+def metric_problems(metric: str, specs: dict) -> list[str]:
+    """The metric must be a key of the run's eval row (runner.evaluate): loss and perplexity always, exact match
+    with an answer checker, per-task forms with multi-task data; or harness/<task>/<metric> of a harness task."""
+    data, tasks = specs["data"], list(specs["harness"].tasks)
+    if metric.startswith(HARNESS):
+        task = (metric.split("/") + [""])[1]
+        if metric.count("/") < 2 or task not in tasks:
+            return [f"hydra.sweeper.metric={metric}: lm-eval metrics are harness/<task>/<metric> of a task in "
+                    f"harness.tasks (now: {tasks or 'none'}), e.g. harness/{(tasks or ['TASK'])[0]}/exact_match"]
+        return []
+    known = ["eval_loss", "eval_ppl"] + [f"eval_loss/{t}" for t in data.tasks]
+    if data.checker != "none":
+        known += ["exact_match"] + [f"exact_match/{t}" for t in data.tasks]
+    if metric in known:
+        return []
+    return [f"hydra.sweeper.metric={metric}{did_you_mean(metric, known)}: not in this run's eval; "
+            f"choose {', '.join(known)}"]
