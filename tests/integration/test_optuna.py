@@ -63,7 +63,7 @@ def test_search_prunes_and_resumes_after_an_interruption(tmp_path, monkeypatch, 
     table = shown[shown.index("optuna search: eval_loss"):]
     assert max(len(line) for line in table.splitlines()) <= 80
     first_row = next(line for line in table.splitlines() if line.lstrip("│ ").startswith("1 "))
-    assert f" {best['trial']} " in first_row and "complete" in first_row
+    assert f" {best['run_dir'].rsplit('/', 1)[-1]} " in first_row and "complete" in first_row
 
     import optuna
 

@@ -1,5 +1,6 @@
 """The end of a search: a leaderboard ranked by the metric (reads at 80 columns: one column per searched key,
-named by its last part, the run directory relative to the sweep directory) and <sweep_dir>/sweep_summary.json
+named by its last part; each trial by its run directory relative to the sweep directory, trial_<n>; a retried
+trial's run is the interrupted one's directory) and <sweep_dir>/sweep_summary.json
 with every trial. The JSON rows carry the basic sweeper's keys too (job, overrides, status, exit_code, eval,
 final_train_loss, run_dir, error), so whatever reads a sweep's summary reads a search's."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from tuneforge.logging import secrets
@@ -75,14 +77,17 @@ def _val(v) -> str:
 def leaderboard(trials: list[dict], spec: OptunaSpec, root: Path) -> Table:
     keys = list(dict.fromkeys(k for r in trials for k in r["params"]))
     best = "max" if spec.maximize else "min"
-    table = Table(title=f"optuna search: {spec.metric} ({best}imize), {root}", title_justify="left")
-    for col in ("#", "trial", "state", spec.metric, *(_name(k, keys) for k in keys), "steps", "run dir"):
-        table.add_column(col, justify="right" if col in ("#", "trial", "steps") else "left", overflow="fold")
+    table = Table(title=f"optuna search: {spec.metric} ({best}imize), {root}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("#", "run dir", "state", spec.metric):
+        table.add_column(col, justify="right" if col == "#" else "left", no_wrap=True)
+    for k in keys:  # searched values may wrap; the columns around them do not
+        table.add_column(_name(k, keys), overflow="fold")
+    table.add_column("steps", justify="right", no_wrap=True)
     styles = {"complete": "green", "pruned": "yellow", "failed": "red", "retried": "dim"}
     for i, r in enumerate(ranked(trials, spec.maximize), 1):
         rel = Path(r["run_dir"]).relative_to(root) if Path(r["run_dir"]).is_relative_to(root) else r["run_dir"]
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
-        table.add_row(str(i) if r["state"] == "complete" else "", str(r["trial"]),
-                      f"[{styles[r['state']]}]{r['state']}[/]", value, *(_val(r["params"].get(k)) for k in keys),
-                      _val(r["steps"]), str(rel))
+        table.add_row(str(i) if r["state"] == "complete" else "", str(rel), f"[{styles[r['state']]}]{r['state']}[/]",
+                      value, *(_val(r["params"].get(k)) for k in keys), _val(r["steps"]))
     return table
