@@ -87,7 +87,7 @@ class LocalLauncher:
                 procs.append(subprocess.Popen(worker_cmd(run.run_dir), env=env, stdout=out, preexec_fn=die_with_parent,
                                               stderr=subprocess.STDOUT if out else None))
             with forwarding((signal.SIGTERM, signal.SIGUSR1), procs):
-                return self._watch(procs)
+                return self._watch(procs, first)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -95,7 +95,7 @@ class LocalLauncher:
             if out:
                 out.close()
 
-    def _watch(self, procs) -> int:
+    def _watch(self, procs, first: int = 0) -> int:
         """The run's exit code. A rank that fails (any code but 0, or 3 = preempted with its checkpoint committed)
         stops the others; otherwise wait for every rank."""
         while True:
@@ -103,7 +103,9 @@ class LocalLauncher:
             failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0, 3)]
             if failed:
                 rank, code = failed[0]
-                print(f"rank {rank} exited with code {code}; stopping the other ranks", file=sys.stderr, flush=True)
+                node = f" (node {self.spec.node_rank})" if self.spec.nnodes > 1 else ""
+                print(f"rank {first + rank}{node} exited with code {code}; stopping the other ranks", file=sys.stderr,
+                      flush=True)
                 self._stop(procs)
                 return code
             if all(c is not None for c in codes):

@@ -28,11 +28,7 @@ class DeepSpeedLauncherSpec(LauncherSpec):
     ssh_port: int = knob(0, "ssh port of the other hosts (0: ssh's default)")
 
     def problems(self):
-        out = [p for p in super().problems() if "fixed rendezvous port" not in p]  # the runner picks node 0
-        if not self.hostfile:
-            out.append("launcher=deepspeed needs launcher.hostfile=PATH (a file of `host slots=N` lines, e.g. "
-                       "`localhost slots=2` on one machine)")
-        return out
+        return [p for p in super().problems() if "fixed rendezvous port" not in p]  # DeepSpeed's default port
 
 
 def read_hostfile(path: str) -> dict[str, int]:
@@ -46,6 +42,9 @@ def read_hostfile(path: str) -> dict[str, int]:
 class DeepSpeedLauncher(External):
     def check(self, run) -> list[str]:
         s = self.spec
+        if not s.hostfile:
+            return ["launcher=deepspeed needs launcher.hostfile=PATH (a file of `host slots=N` lines, e.g. "
+                    "`localhost slots=2` on one machine)"]
         if not Path(s.hostfile).is_file():
             return [f"launcher.hostfile={s.hostfile}: file not found"]
         try:
