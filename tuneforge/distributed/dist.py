@@ -78,7 +78,7 @@ def peer_failure(error: BaseException) -> bool:
         w in text for w in ("gloo", "nccl", "connection closed", "connection reset", "timed out", "broken pipe")))
 
 
-def lost_peers(ranks_per_node: int, wait_s: float = 5.0) -> str | None:
+def lost_peers(ranks_per_node: int, wait_s: float = 3.0) -> str | None:
     """After a failure with the process group up: which ranks are gone (a dead node, a killed rank). Every rank
     still alive checks in with the rendezvous store (hosted by node 0); the ranks that have not within `wait_s`
     are named with their node. None when all answered (the failure is not a lost peer) or with one rank."""
