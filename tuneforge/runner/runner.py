@@ -102,6 +102,8 @@ class Runner:
             self._console().error(error)
         except BaseException as e:  # noqa: BLE001 - recorded, printed with its traceback, re-mapped to exit 1
             error = f"{type(e).__name__}: {e}"
+            if dist.peer_failure(e) and (lost := dist.lost_peers(self.run_spec.ranks_per_node)):
+                error = f"{lost}\n{error}"  # a dead node or rank, named
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             self._console().print(traceback.format_exc(), force=True, markup=False)
             self._console().error(error)

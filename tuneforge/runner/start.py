@@ -73,8 +73,9 @@ def prepare_run_dir(run: Run, run_dir: Path | None = None) -> Path:
 
 
 def start(run: Run, log: Path | None = None, in_process: bool = True) -> int:
-    """Run in this process when there is one rank and no log capture; otherwise through the launcher."""
-    if run.world_size == 1 and in_process and log is None:
+    """Run in this process when there is one rank, the local launcher and no log capture; otherwise through the
+    launcher."""
+    if run.world_size == 1 and in_process and log is None and run.specs["launcher"].name == "local":
         from tuneforge.runner.runner import Runner
 
         return Runner(run).run()
