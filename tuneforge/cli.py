@@ -2,6 +2,9 @@
 
     tuneforge train [-m] [recipe=NAME] [key=value ...]   run a recipe (or a sweep with -m)
     tuneforge train -m hydra/sweeper=optuna optim.lr=tag(log,interval(1e-5,1e-3)) ...   optuna search (docs/optuna.md)
+    tuneforge train --cfg job|hydra|all [-p KEY] ...     print the composed config (Hydra's --cfg), run nothing
+    tuneforge train --info ...                           config search path, groups and options, defaults tree
+    --config-dir/-cd DIR (train, show, recipes)          user recipes DIR/*.yaml and options DIR/<group>/*.yaml
     tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config + generated DeepSpeed JSON (no model)
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
@@ -57,21 +60,30 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _with_config_dirs(args) -> list[str]:
+    """The command's overrides, with --config-dir DIR as hydra.searchpath=[file://DIR] (Hydra's equivalent)."""
+    dirs = [f"file://{Path(d).expanduser().absolute()}" for d in getattr(args, "config_dir", None) or []]
+    return ([f"hydra.searchpath=[{','.join(dirs)}]"] if dirs else []) + list(args.overrides)
+
+
 def cmd_train(args) -> int:
     from tuneforge.config.checks import cross_axis_warnings
     from tuneforge.config.run import Run
+    from tuneforge.runner import sweep
     from tuneforge.runner.start import preflight, prepare_run_dir, start
-    from tuneforge.runner.sweep import run_sweep
 
-    if "hydra/sweeper=optuna" in args.overrides:
-        if not args.multirun:
-            raise InputError(["hydra/sweeper=optuna runs a search of many trials: add -m (tuneforge train -m ...)"])
-        from tuneforge.runner import optuna_sweep
+    overrides = _with_config_dirs(args)
+    if args.cfg or args.info:
+        from tuneforge.runner.hydra_info import print_cfg, print_info
 
-        return optuna_sweep.run(args.overrides)
+        con = _console()
+        return print_info(con, overrides, args.multirun) if args.info else print_cfg(con, overrides, args.cfg, args.package,
+                                                                        args.multirun)
+    if args.package:
+        raise InputError(["--package/-p selects what --cfg prints: add --cfg job|hydra|all"])
     if args.multirun:
-        return run_sweep(args.overrides)
-    run = Run.compose(args.overrides)
+        return sweep.main(overrides)
+    run = Run.compose(overrides)
     merge = run.specs["merge"]  # train -> merge: the finished run merged with merge.inputs into run_dir/merged
     if merge.name != "none" and not merge.inputs:
         raise InputError([f"merge={merge.name} in a training run merges it after training with merge.inputs=[DIR,...]"
@@ -97,7 +109,7 @@ def cmd_show(args) -> int:
     from tuneforge.distributed.ds_config import run_ds_config
     from tuneforge.logging import secrets
 
-    run = Run.compose(args.overrides)
+    run = Run.compose(_with_config_dirs(args))
     secrets.absorb(run.cfg)
     con = _console()
     if args.doc:
@@ -168,12 +180,16 @@ def _show_doc(con, specs) -> int:
 def cmd_recipes(args) -> int:
     from rich.table import Table
 
+    from tuneforge.config import hydra_node
     from tuneforge.config.compose import recipes
 
+    args_, problems = hydra_node.read(hydra_node.split(_with_config_dirs(args))[0], multirun=False)
+    if problems:
+        raise InputError(problems)
     table = Table(title="recipes (tuneforge train recipe=NAME)", title_justify="left")
     table.add_column("recipe", style="bold")
     table.add_column("what it does")
-    for name, desc in recipes().items():
+    for name, desc in recipes(args_.user_dirs).items():
         table.add_row(name, desc)
     _console().print(table)
     return EXIT_OK
@@ -288,9 +304,18 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run a recipe: tuneforge train [-m] recipe=NAME key=value ...")
     t.add_argument("-m", "--multirun", action="store_true", help="sweep: comma-separated values run every combination")
+    t.add_argument("--cfg", "-c", choices=["job", "hydra", "all"], help="print the composed config (job: tuneforge's, "
+                   "hydra: the hydra node, all: both) and exit without running")
+    t.add_argument("--package", "-p", help="with --cfg: print only this key (e.g. peft, hydra.sweep)")
+    t.add_argument("--info", action="store_true", help="print the config search path, the groups and their options "
+                   "(user ones marked) and the recipe's defaults tree, and exit")
     s = sub.add_parser("show", help="print the resolved config and the DeepSpeed JSON (loads no model)")
     s.add_argument("--doc", action="store_true", help="explain every key of the selected options")
-    sub.add_parser("recipes", help="list recipes")
+    r = sub.add_parser("recipes", help="list recipes (the shipped ones and those of --config-dir)")
+    for sp in (t, s, r):
+        sp.add_argument("--config-dir", "-cd", action="append", metavar="DIR",
+                        help="a user config directory: recipes DIR/<name>.yaml, options DIR/<group>/<name>.yaml "
+                             "(repeatable; the same as hydra.searchpath=[file://DIR])")
     sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR; with lm-eval: "
                                 "tuneforge eval run_dir=DIR harness.tasks=[tuneforge_gsm8k_local] [harness.limit=N]")
     sub.add_parser("export", help="run the export stages into DIR/export (default: merged HF model, PEFT adapter): "
