@@ -178,7 +178,7 @@ def compose_node(args: HydraArgs, job_name: str, recipe: str | None = None) -> t
 
 
 def _install_hint(name: str) -> str:
-    return " (hydra/launcher=submitit_local|submitit_slurm: pip install 'tuneforge[slurm]')" if "submitit" in name else ""
+    return " (hydra/launcher=submitit_local|submitit_slurm: pip install 'tuneforge[submitit]')" if "submitit" in name else ""
 
 
 def _knob_problems(compose, sp: str, args: HydraArgs) -> list[str]:
