@@ -68,7 +68,7 @@ def print_cfg(con, overrides: list[str], which: str, package: str | None, multir
     for i, (job, cfg) in enumerate(zip(jobs, job_cfgs)):
         if multirun:
             con.out(f"# job {i}: {' '.join(job) or '(defaults)'}", highlight=False)
-        full = OmegaConf.merge(cfg, node) if which == "all" else cfg
+        full = OmegaConf.merge(OmegaConf.to_container(cfg), node) if which == "all" else cfg
         con.out(_yaml(_select(full, package)), end="", highlight=False)
     return EXIT_OK
 

@@ -94,16 +94,17 @@ def run_sweep(overrides: list[str]) -> int:
     runs = _validate(jobs, [o for o in hydra_overrides if o.startswith("hydra.searchpath")])
     recipes = {run.recipe for run in runs}
     master, loader = hydra_node.compose_node(args, recipes.pop() if len(recipes) == 1 else "tuneforge")
+    subdirs = [hydra_node.job_dir(master, job, i).name for i, job in enumerate(jobs)]
+    if len(set(subdirs)) < len(subdirs):
+        raise InputError([f"hydra.sweep.subdir={master.hydra.sweep.subdir} gives several jobs one directory ("
+                          f"{next(d for d in subdirs if subdirs.count(d) > 1)}): include ${{hydra.job.num}}"],
+                         title="sweep not started")
     resume = runs[0].specs["trainer"].resume == "auto"
     root = sweep_dir(_output_dir(args, master, runs[0]), [_identity(j) for j in jobs], resume,
                      default=Path(str(master.hydra.sweep.dir)))
     master.hydra.sweep.dir = str(root)
     dirs = [hydra_node.job_dir(master, job, i) for i, job in enumerate(jobs)]
-    if len(set(dirs)) < len(dirs):
-        raise InputError([f"hydra.sweep.subdir={master.hydra.sweep.subdir} gives several jobs one directory ("
-                          f"{next(d for d in dirs if dirs.count(d) > 1)}): include ${{hydra.job.num}}"],
-                         title="sweep not started")
-    Console(highlight=False).print(f"[bold]sweep[/]: {len(jobs)} jobs -> {root}"
+    Console(highlight=False, soft_wrap=True).print(f"[bold]sweep[/]: {len(jobs)} jobs -> {root}"
                                    + ("" if args.launcher == hydra_node.BASIC else f" (hydra/launcher={args.launcher})"))
     if args.launcher == hydra_node.BASIC:
         results, stopped = _run_here(jobs, runs, dirs, resume)
@@ -130,7 +131,7 @@ def _skip(resume: bool, job_dir: Path) -> bool:
 
 def _run_here(jobs, runs, dirs, resume) -> tuple[list[dict], bool]:
     """hydra/launcher=basic: the jobs one after another in this process's children."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     results, stopped = [], False
     for i, (job, run, job_dir) in enumerate(zip(jobs, runs, dirs)):
         console.print(f"[{i + 1}/{len(jobs)}] {' '.join(job) or '(defaults)'} ... ", end="")
@@ -155,14 +156,23 @@ def _run_plugin(master, loader, jobs, runs, dirs, resume) -> tuple[list[dict], b
     """hydra/launcher=<plugin>: the unfinished jobs through Hydra's launcher (all at once where it can)."""
     from tuneforge.runner.hydra_launch import launch as plugin_launch
 
+    console = Console(highlight=False, soft_wrap=True)
     pending = {i: (job, run) for i, (job, run, d) in enumerate(zip(jobs, runs, dirs)) if not _skip(resume, d)}
+    for i, job in enumerate(jobs):
+        console.print(f"[{i + 1}/{len(jobs)}] {' '.join(job) or '(defaults)'} ... "
+                      + ("launched" if i in pending else "[green]completed[/] (already finished: skipped)"))
+    t0 = time.time()
     codes = plugin_launch(master, loader, pending) if pending else {}
+    for i in pending:
+        console.print(f"job {i}: " + ("[green]" if codes[i] == 0 else "[red]") + f"exit code {codes[i]}[/]"
+                      + ("" if codes[i] == 0 else f": see {dirs[i] / 'train.log'}"))
+    console.print(f"{len(pending)} job(s) ran in {fmt_duration(time.time() - t0)}")
     results = [_result(i, job, d, codes.get(i, 0)) for i, (job, d) in enumerate(zip(jobs, dirs))]
     return results, any(c == EXIT_PREEMPTED for c in codes.values())
 
 
 def _finish(root: Path, results: list[dict], stopped: bool) -> int:
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     if stopped:
         console.print("[yellow]sweep pre-empted: run the same command with trainer.resume=auto to continue[/]")
     (root / "sweep_summary.json").write_text(json.dumps(secrets.redact_json(results), indent=2))
@@ -238,7 +248,7 @@ def _table(results: list[dict]) -> Table:
 
     shared = set(_shared(results)) if len(results) > 1 else set()
     metrics = [k for k in ("exact_match",) if any(r["eval"].get(k) is not None for r in results)]
-    table = Table(title="sweep", box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(title="sweep", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False)
     for col in ("#", "overrides", "status", "train loss", "eval loss", *(k.replace("_", " ") for k in metrics)):
         table.add_column(col, justify="left" if col in ("#", "overrides", "status") else "right")
     for r in results:
