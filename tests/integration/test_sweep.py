@@ -58,7 +58,8 @@ def test_sweep_through_hydras_submitit_launcher(tmp_path):
                                      "  eval_at_start: false\ndata:\n  n_eval: 2\n")
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "-cd", str(conf), "recipe=tiny2", "model=tiny_llama,llama2_7b",
-            "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}"]
+            "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
+            "model.token=hf_canary_5e3b91"]  # a secret: no file of the sweep (submitit's pickles too) holds it
     proc = tuneforge(*args, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     jobs = json.loads((sweep / "sweep_summary.json").read_text())
@@ -71,6 +72,7 @@ def test_sweep_through_hydras_submitit_launcher(tmp_path):
     again = tuneforge(*args, "trainer.resume=auto", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
     assert again.returncode == 1 and "already finished: skipped" in again.stdout, again.stdout + again.stderr
     assert (sweep / "0_tiny2-tiny-llama" / "summary.json").stat().st_mtime == finished
+    assert not [p for p in sweep.rglob("*") if p.is_file() and b"hf_canary_5e3b91" in p.read_bytes()]
 
 
 @pytest.mark.slow

@@ -20,20 +20,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from tuneforge import registry
+from tuneforge.config.paths import config_dirs, recipe_home, search_path
 from tuneforge.config.schema import EXPORT, GROUPS, PRESET_SCHEMAS, ROOT_KEYS, RootSpec
 from tuneforge.config.spec import SpecError
 from tuneforge.errors import InputError, did_you_mean
 
 DEFAULT_RECIPE = "quickstart"
-
-
-def config_dirs() -> tuple[Path, Path]:
-    """(configs/, recipes/): inside the installed wheel, else at the top of the source checkout."""
-    pkg = Path(__file__).resolve().parents[1]
-    for configs, recipes in ((pkg / "_configs", pkg / "_recipes"), (pkg.parent / "configs", pkg.parent / "recipes")):
-        if configs.is_dir() and recipes.is_dir():
-            return configs, recipes
-    raise RuntimeError(f"tuneforge configs not found next to {pkg}: reinstall tuneforge")
 
 
 def options(group: str, user=()) -> list[str]:
@@ -97,19 +89,6 @@ def _parse(overrides: list[str]) -> tuple[list[_Override], list[str]]:
             problems.append(f"unknown key '{key}'{did_you_mean(head, (*GROUPS, EXPORT, *ROOT_KEYS, 'recipe', 'hydra'))}"
                             f"; the groups are: {', '.join(GROUPS)}")
     return out, problems
-
-
-def recipe_home(recipe: str, user=()) -> Path:
-    """The directory holding recipe.yaml: a user directory or the shipped recipes/. Hydra finds a primary config
-    only in its primary directory; everything else (inherited recipes, base, group options) on the search path."""
-    return next((Path(d) for d in user if (Path(d) / f"{recipe}.yaml").is_file()), config_dirs()[1])
-
-
-def search_path(primary: Path, user=()) -> str:
-    """The hydra.searchpath override: every directory but `primary` (shipped recipes, configs, user dirs)."""
-    configs, recipes_dir = config_dirs()
-    dirs = [d for d in (recipes_dir, configs, *map(Path, user)) if d != primary]
-    return f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"
 
 
 def _hydra_compose(recipe: str, choices: list[str], user=()) -> DictConfig:

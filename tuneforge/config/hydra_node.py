@@ -20,7 +20,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from tuneforge.config.paths import config_dirs, recipe_home, search_path
 from tuneforge.errors import InputError, did_you_mean
+from tuneforge.logging import secrets
 
 SETTABLE = {
     "hydra.run.dir": "a single run's directory (the same as trainer.output_dir)",
@@ -45,8 +47,13 @@ def identity(job: list[str]) -> list[str]:
 
 
 def slug(overrides: list[str]) -> str:
-    s = "_".join(o.split("=", 1)[-1] if "=" in o else o for o in identity(list(overrides)))
+    """A job's directory name from its swept values (secrets masked)."""
+    s = "_".join(o.split("=", 1)[-1] if "=" in o else o for o in identity(redacted(overrides)))
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", s)[:60].strip("-") or "job"
+
+
+def redacted(overrides) -> list[str]:
+    return [secrets.redact(str(o)) for o in overrides]
 
 
 def _subdir(*, _root_) -> str:
@@ -135,8 +142,6 @@ def _dirs(value, problems: list[str]) -> list[Path]:
 
 def user_dir_problems(d: Path) -> list[str]:
     """A user directory's files that would shadow a shipped recipe or option (Hydra would silently pick one)."""
-    from tuneforge.config.compose import config_dirs
-
     configs, recipes_dir = config_dirs()
     shipped = {p.stem for p in (*recipes_dir.glob("*.yaml"), *configs.glob("*.yaml"))}
     problems = [f"{p}: a shipped recipe has this name; rename it (a recipe inherits a shipped one by listing it in "
@@ -158,7 +163,6 @@ def compose_node(args: HydraArgs, job_name: str, recipe: str | None = None) -> t
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tuneforge.config.compose import config_dirs, recipe_home, search_path
 
     home = recipe_home(recipe, args.user_dirs) if recipe else config_dirs()[1]
     sp = search_path(home, args.user_dirs)
@@ -211,7 +215,7 @@ def job_node(master: DictConfig, overrides: list[str], num: int) -> DictConfig:
     OmegaConf.copy_cache(from_config=master, to_config=cfg)  # ${now:} as the sweep resolved it
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         job, od = cfg.hydra.job, cfg.hydra.job.config.override_dirname
-        cfg.hydra.overrides.task = list(overrides)
+        cfg.hydra.overrides.task = redacted(overrides)  # pickled and shown by launchers: no secret in it
         job.num = num
         job.override_dirname = get_overrides_dirname(OverridesParser.create().parse_overrides(list(overrides)),
                                                      list(od.exclude_keys), od.item_sep, od.kv_sep)

@@ -11,15 +11,8 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from tuneforge.config import hydra_node
-from tuneforge.config.compose import (
-    DEFAULT_RECIPE,
-    EXPORT,
-    GROUPS,
-    config_dirs,
-    expand_sweep,
-    options,
-    recipes,
-)
+from tuneforge.config.compose import DEFAULT_RECIPE, EXPORT, GROUPS, expand_sweep, options, recipes
+from tuneforge.config.paths import config_dirs, recipe_home, search_path
 from tuneforge.config.run import Run
 from tuneforge.errors import EXIT_OK, InputError, did_you_mean
 from tuneforge.logging import secrets
@@ -107,8 +100,6 @@ def print_info(con, overrides: list[str], multirun: bool = False) -> int:
     con.print("  " + ", ".join(n + ("" if n in ships else "*") for n in known), highlight=False)
     con.rule(f"Defaults tree of recipe={recipe}")
     choices = [o for o in rest if "=" in o and o.split("=", 1)[0] in (*GROUPS, EXPORT)]
-    from tuneforge.config.compose import recipe_home, search_path
-
     sp = search_path(recipe_home(recipe, args.user_dirs), args.user_dirs)
     tree = loader.compute_defaults_list(recipe, [sp, *choices], RunMode.RUN).defaults_tree
     for line in _tree_lines(tree):

@@ -65,7 +65,7 @@ def launch(master: DictConfig, loader, jobs: dict[int, tuple[list[str], Run]]) -
     codes = {}
     for block in _consecutive(sorted(jobs)):
         try:
-            returns = launcher.launch([jobs[i][0] for i in block], initial_job_idx=block[0])
+            returns = launcher.launch([hydra_node.redacted(jobs[i][0]) for i in block], initial_job_idx=block[0])
         except Exception as e:  # the launcher itself failed (a job died outside the task): each job's own state
             for i in block:
                 job_dir = hydra_node.job_dir(master, jobs[i][0], i)

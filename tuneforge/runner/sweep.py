@@ -92,6 +92,7 @@ def run_sweep(overrides: list[str]) -> int:
         raise InputError(problems, title="sweep not started")
     jobs = expand_sweep(rest)
     runs = _validate(jobs, [o for o in hydra_overrides if o.startswith("hydra.searchpath")])
+    runs = [_scrubbed(run) for run in runs]  # before job dirs are named, and before a launcher pickles the runs
     recipes = {run.recipe for run in runs}
     master, loader = hydra_node.compose_node(args, recipes.pop() if len(recipes) == 1 else "tuneforge")
     subdirs = [hydra_node.job_dir(master, job, i).name for i, job in enumerate(jobs)]
@@ -111,6 +112,12 @@ def run_sweep(overrides: list[str]) -> int:
     else:
         results, stopped = _run_plugin(master, loader, jobs, runs, dirs, resume)
     return _finish(root, results, stopped)
+
+
+def _scrubbed(run: Run) -> Run:
+    """The run with its secrets moved to the environment (the jobs inherit it) and masked in its config and specs."""
+    secrets.absorb(run.cfg)
+    return Run.of(run.cfg)
 
 
 def _output_dir(args, master, run: Run) -> str | None:
@@ -134,7 +141,7 @@ def _run_here(jobs, runs, dirs, resume) -> tuple[list[dict], bool]:
     console = Console(highlight=False, soft_wrap=True)
     results, stopped = [], False
     for i, (job, run, job_dir) in enumerate(zip(jobs, runs, dirs)):
-        console.print(f"[{i + 1}/{len(jobs)}] {' '.join(job) or '(defaults)'} ... ", end="")
+        console.print(f"[{i + 1}/{len(jobs)}] {' '.join(hydra_node.redacted(job)) or '(defaults)'} ... ", end="")
         if _skip(resume, job_dir):
             console.print("[green]completed[/] (already finished: skipped)")
             results.append(_result(i, job, job_dir, 0))
@@ -159,7 +166,7 @@ def _run_plugin(master, loader, jobs, runs, dirs, resume) -> tuple[list[dict], b
     console = Console(highlight=False, soft_wrap=True)
     pending = {i: (job, run) for i, (job, run, d) in enumerate(zip(jobs, runs, dirs)) if not _skip(resume, d)}
     for i, job in enumerate(jobs):
-        console.print(f"[{i + 1}/{len(jobs)}] {' '.join(job) or '(defaults)'} ... "
+        console.print(f"[{i + 1}/{len(jobs)}] {' '.join(hydra_node.redacted(job)) or '(defaults)'} ... "
                       + ("launched" if i in pending else "[green]completed[/] (already finished: skipped)"))
     t0 = time.time()
     codes = plugin_launch(master, loader, pending) if pending else {}
@@ -210,7 +217,7 @@ def _result(i: int, job: list[str], job_dir: Path, code: int) -> dict:
     status = summary.get("status", "failed")
     if code != 0 and status == "completed":
         status = "failed"
-    return {"job": i, "overrides": job, "status": status, "exit_code": code,
+    return {"job": i, "overrides": hydra_node.redacted(job), "status": status, "exit_code": code,
             "final_train_loss": summary.get("final_train_loss"), "eval": summary.get("eval", {}),
             "harness": summary.get("harness", {}),
             "run_dir": str(job_dir), "error": summary.get("error")}
@@ -239,21 +246,21 @@ def _shared_lines(results: list[dict]) -> list[str]:
     from rich.markup import escape
 
     shared = _shared(results)
-    return ["[bold]every job:[/] " + escape(" ".join(shared))] if shared and len(results) > 1 else []
+    return ["[bold]every job:[/] " + escape(" ".join(shared))] if shared else []
 
 
 def _table(results: list[dict]) -> Table:
     """One row per job with only what varies between jobs (the shared overrides are printed above it)."""
     from rich import box
 
-    shared = set(_shared(results)) if len(results) > 1 else set()
+    shared = set(_shared(results))
     metrics = [k for k in ("exact_match",) if any(r["eval"].get(k) is not None for r in results)]
     table = Table(title="sweep", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False)
     for col in ("#", "overrides", "status", "train loss", "eval loss", *(k.replace("_", " ") for k in metrics)):
         table.add_column(col, justify="left" if col in ("#", "overrides", "status") else "right")
     for r in results:
         style = "green" if r["exit_code"] == 0 else "red"
-        varying = " ".join(o for o in r["overrides"] if o not in shared) or "(defaults)"
+        varying = " ".join(o for o in r["overrides"] if o not in shared) or "-"
         table.add_row(str(r["job"]), varying, f"[{style}]{r['status']}[/]", _fmt(r["final_train_loss"]),
                       _fmt(r["eval"].get("eval_loss")), *(_fmt(r["eval"].get(k), pct=True) for k in metrics))
     return table
