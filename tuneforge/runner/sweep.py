@@ -40,8 +40,7 @@ SWEEPERS = {"basic": "tuneforge.runner.sweep:run_sweep", "optuna": "tuneforge.ru
 
 
 def main(overrides: list[str]) -> int:
-    """`tuneforge train -m`: the sweeper of hydra/sweeper (default basic) runs the sweep with `overrides`
-    (less the hydra/sweeper choice)."""
+    """`tuneforge train -m`: the sweeper of hydra/sweeper (default basic) runs the sweep with `overrides`."""
     import importlib
 
     args, problems = hydra_node.read(hydra_node.split(overrides)[0], multirun=True)
@@ -51,6 +50,8 @@ def main(overrides: list[str]) -> int:
     elif args.sweeper == hydra_node.BASIC and any(o.startswith("hydra.sweeper.") for o in args.sweeper_overrides):
         problems.append("hydra.sweeper.<knob>: the basic sweeper has no knobs; give the values on the command line "
                         "(key=a,b runs every combination) or choose another sweeper (hydra/sweeper=optuna)")
+    elif args.sweeper != hydra_node.BASIC:
+        overrides = _for_searcher(overrides, args, problems)
     if problems:
         raise InputError(problems, title="sweep not started")
     module, _, name = SWEEPERS[args.sweeper].partition(":")
@@ -58,7 +59,23 @@ def main(overrides: list[str]) -> int:
         sweeper = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise InputError([f"hydra/sweeper={args.sweeper} is not available in this install ({e})"]) from None
-    return sweeper([o for o in overrides if not o.startswith("hydra/sweeper=")])
+    return sweeper(overrides)
+
+
+def _for_searcher(overrides: list[str], args, problems: list[str]) -> list[str]:
+    """The overrides for a sweeper that runs its trials itself (optuna: <sweep dir>/trial_<n>, one after another):
+    hydra.sweep.dir becomes trainer.output_dir; the launcher and job-directory keys do not apply to it."""
+    if args.launcher != hydra_node.BASIC or any(o.startswith("hydra.launcher.") for o in overrides):
+        problems.append(f"hydra/launcher: hydra/sweeper={args.sweeper} runs its trials itself, on this machine; "
+                        "launchers run the basic sweeper's jobs")
+    for key in sorted(args.given & {"hydra.sweep.subdir", "hydra.job.name"}):
+        problems.append(f"{key}: hydra/sweeper={args.sweeper} names its trials' directories itself (trial_<n>)")
+    dirs = [o.split("=", 1)[1] for o in overrides if o.startswith(("hydra.sweep.dir=", "trainer.output_dir="))]
+    if len({str(Path(d).absolute()) for d in dirs}) > 1:
+        problems.append(f"hydra.sweep.dir and trainer.output_dir name two sweep directories ({', '.join(dirs)}): "
+                        "give one")
+    return [o.replace("hydra.sweep.dir=", "trainer.output_dir=", 1) if o.startswith("hydra.sweep.dir=") else o
+            for o in overrides if not o.startswith("hydra/launcher=")]
 
 
 def _slug(overrides: list[str]) -> str:

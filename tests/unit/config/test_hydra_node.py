@@ -127,7 +127,9 @@ def test_launcher_and_sweeper_choices_are_checked(tmp_path, monkeypatch):
                          (["hydra.run.dir=x"], "a sweep's outputs go to hydra.sweep.dir"),
                          ([f"hydra.sweep.dir={tmp_path}/a", f"trainer.output_dir={tmp_path}/b"],
                           "name two sweep directories"),
-                         (["hydra.sweep.subdir=same"], "gives several jobs one directory")):
+                         (["hydra.sweep.subdir=same"], "gives several jobs one directory"),
+                         (["hydra/sweeper=optuna", "hydra/launcher=submitit_local", "hydra.job.name=x"],
+                          "hydra/sweeper=optuna runs its trials itself")):
         values = "optim.lr=1e-3,2e-3" if "subdir" in args[0] else "optim.lr=1e-3"  # one job is enough elsewhere
         code, _, err = cli("train", "-m", *TINY, "trainer.max_steps=1", values, *args)
         assert code == 2 and expect in err.replace("\n", " "), (args, err)
