@@ -210,6 +210,9 @@ def compose_run(overrides: list[str]) -> tuple[DictConfig, dict, DictConfig | No
     if recipe not in known:
         problems.append(f"unknown recipe '{recipe}'{did_you_mean(recipe, known)}; `tuneforge recipes` lists them")
         raise InputError(problems)
+    if "hydra" in (OmegaConf.load(recipe_home(recipe, user) / f"{recipe}.yaml") or {}):
+        problems.append(f"recipe '{recipe}' sets `hydra:` keys, which a recipe cannot set: give them on the command "
+                        "line (hydra.run.dir=..., hydra.sweep.dir=..., --config-dir DIR)")
     choices, bad_groups, stages = [], set(), None
     for o in (o for o in parsed if o.kind == "choice"):
         if o.key == EXPORT:

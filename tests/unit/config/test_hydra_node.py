@@ -91,6 +91,11 @@ def test_user_files_may_not_shadow_shipped_ones(user_dir):
         Run.compose([f"hydra.searchpath=[file://{user_dir}]", *TINY])
     text = e.value.render()
     assert "shadows the shipped option peft=lora" in text and "a shipped recipe has this name" in text
+    (user_dir / "peft" / "lora.yaml").unlink()
+    (user_dir / "quickstart.yaml").unlink()
+    (user_dir / "with_hydra.yaml").write_text("defaults:\n  - quickstart_tiny\n  - _self_\nhydra:\n  run:\n    dir: x\n")
+    with pytest.raises(InputError, match="sets `hydra:` keys, which a recipe cannot set"):
+        Run.compose([f"hydra.searchpath=[file://{user_dir}]", "recipe=with_hydra"])
 
 
 def test_cfg_prints_job_hydra_and_all(tmp_path, monkeypatch):
