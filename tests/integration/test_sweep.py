@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,15 +36,6 @@ def test_sweep_validates_every_job_before_starting(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def _slurm_running() -> str:
-    """'' when a Slurm cluster answers `sinfo` with an up node, else why not."""
-    if shutil.which("sinfo") is None:
-        return "no Slurm here (sinfo not found; .ci/run starts a one-node cluster)"
-    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    up = [s for s in proc.stdout.split() if s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing")]
-    return "" if proc.returncode == 0 and up else f"Slurm is not running (sinfo: {proc.stdout or proc.stderr})"
-
-
 @pytest.mark.slow
 def test_sweep_through_hydras_submitit_launcher(tmp_path):
     """hydra/launcher=submitit_local runs the jobs through Hydra's submitit plugin; a user recipe from
@@ -76,17 +65,18 @@ def test_sweep_through_hydras_submitit_launcher(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_slurm_running()), reason=_slurm_running() or "Slurm is running")
-def test_sweep_through_submitit_slurm(tmp_path):
+@pytest.mark.slurm
+def test_sweep_through_submitit_slurm(tmp_path, slurm):
     """hydra/launcher=submitit_slurm submits the sweep as one sbatch array through Hydra's plugin (needs a
-    running Slurm: .ci/run starts a one-node cluster on localhost)."""
+    running Slurm: .ci/run starts a one-node cluster on localhost; skipped, saying why, elsewhere)."""
     sweep = tmp_path / "sweep"
     proc = tuneforge("train", "-m", *TINY, "optim.lr=1e-3,2e-3", "hydra/launcher=submitit_slurm",
-                     "hydra.launcher.timeout_min=10", "hydra.job.name=tf_sweep", f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path)
+                     f"hydra.launcher.partition={slurm.partition}", "hydra.launcher.timeout_min=10",
+                     "hydra.job.name=tf_sweep", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = json.loads((sweep / "sweep_summary.json").read_text())
     assert [j["status"] for j in jobs] == ["completed", "completed"]
     (script,) = sweep.glob(".submitit/*/*_submission.sh")
     text = script.read_text()
     assert "#SBATCH --job-name=tf_sweep" in text and "#SBATCH --array=0-1" in text and "#SBATCH --time=10" in text
+    assert f"#SBATCH --partition={slurm.partition}" in text
