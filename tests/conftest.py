@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.slurm import slurm  # noqa: F401 - fixture: a running Slurm (skips the test, saying why, without one)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,15 +1,21 @@
 """tuneforge command line.
 
     tuneforge train [-m] [recipe=NAME] [key=value ...]   run a recipe (or a sweep with -m)
+    tuneforge train -m hydra/sweeper=optuna optim.lr=tag(log,interval(1e-5,1e-3)) ...   optuna search (docs/optuna.md)
+    tuneforge train --cfg job|hydra|all [-p KEY] ...     print the composed config (Hydra's --cfg), run nothing
+    tuneforge train --info ...                           config search path, groups and options, defaults tree
+    --config-dir/-cd DIR (train, show, recipes)          user recipes DIR/*.yaml and options DIR/<group>/*.yaml
     tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config + generated DeepSpeed JSON (no model)
     tuneforge plan [--json] [recipe=NAME] [key=value ...] memory per rank before anything loads; does it fit
                                                          plan.gpu_mem=80GB plan.gpus=8, and the cheapest fix
     tuneforge recipes                                    list recipes
     tuneforge eval run_dir=DIR                           re-evaluate a finished run
+    tuneforge eval run_dir=DIR harness.tasks=[T,...]     EleutherAI lm-eval on it (results in DIR/harness, summary.json)
     tuneforge export run_dir=DIR [export=[merge,prune]]  run the export stages: merged HF model (+ PEFT adapter) in DIR/export
     tuneforge prune run_dir=DIR prune=wanda [prune.sparsity=0.5]   prune a finished run's merged model into DIR/pruned
     tuneforge prune [recipe=NAME] model=... prune=wanda out=DIR     prune a base model (calibration: the recipe's data)
     tuneforge merge DIR DIR ... merge=ties out=OUT      merge runs / exported models / LoRA adapters of one base
+    tuneforge plot RUN_DIR... | SWEEP_DIR [out=FILE] [metric=eval_loss]   runs' curves (+ a sweep's metric by value)
     tuneforge ckpt verify DIR                            check a checkpoint (or every checkpoint of a run) file by file
     tuneforge ckpt convert DIR                           universal copy of a checkpoint, for another topology
 
@@ -56,15 +62,30 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _with_config_dirs(args) -> list[str]:
+    """The command's overrides, with --config-dir DIR as hydra.searchpath=[file://DIR] (Hydra's equivalent)."""
+    dirs = [f"file://{Path(d).expanduser().absolute()}" for d in getattr(args, "config_dir", None) or []]
+    return ([f"hydra.searchpath=[{','.join(dirs)}]"] if dirs else []) + list(args.overrides)
+
+
 def cmd_train(args) -> int:
     from tuneforge.config.checks import cross_axis_warnings
     from tuneforge.config.run import Run
+    from tuneforge.runner import sweep
     from tuneforge.runner.start import preflight, prepare_run_dir, start
-    from tuneforge.runner.sweep import run_sweep
 
+    overrides = _with_config_dirs(args)
+    if args.cfg or args.info:
+        from tuneforge.runner.hydra_info import print_cfg, print_info
+
+        con = _console()
+        return print_info(con, overrides, args.multirun) if args.info else print_cfg(con, overrides, args.cfg, args.package,
+                                                                        args.multirun)
+    if args.package:
+        raise InputError(["--package/-p selects what --cfg prints: add --cfg job|hydra|all"])
     if args.multirun:
-        return run_sweep(args.overrides)
-    run = Run.compose(args.overrides)
+        return sweep.main(overrides)
+    run = Run.compose(overrides)
     merge = run.specs["merge"]  # train -> merge: the finished run merged with merge.inputs into run_dir/merged
     if merge.name != "none" and not merge.inputs:
         raise InputError([f"merge={merge.name} in a training run merges it after training with merge.inputs=[DIR,...]"
@@ -90,7 +111,7 @@ def cmd_show(args) -> int:
     from tuneforge.distributed.ds_config import run_ds_config
     from tuneforge.logging import secrets
 
-    run = Run.compose(args.overrides)
+    run = Run.compose(_with_config_dirs(args))
     secrets.absorb(run.cfg)
     con = _console()
     if args.doc:
@@ -147,7 +168,7 @@ def cmd_plan(args) -> int:
     from tuneforge.plan.planner import plan_run
     from tuneforge.plan.report import render
 
-    run = Run.compose(args.overrides)
+    run = Run.compose(_with_config_dirs(args))
     plan = plan_run(run)
     if plan is None:
         raise InputError([f"model.path={run.specs['model'].path}: its config is not available offline and the preset "
@@ -178,12 +199,16 @@ def _show_doc(con, specs) -> int:
 def cmd_recipes(args) -> int:
     from rich.table import Table
 
+    from tuneforge.config import hydra_node
     from tuneforge.config.compose import recipes
 
+    args_, problems = hydra_node.read(hydra_node.split(_with_config_dirs(args))[0], multirun=False)
+    if problems:
+        raise InputError(problems)
     table = Table(title="recipes (tuneforge train recipe=NAME)", title_justify="left")
     table.add_column("recipe", style="bold")
     table.add_column("what it does")
-    for name, desc in recipes().items():
+    for name, desc in recipes(args_.user_dirs).items():
         table.add_row(name, desc)
     _console().print(table)
     return EXIT_OK
@@ -192,8 +217,8 @@ def cmd_recipes(args) -> int:
 def _run_dir(overrides: list[str], rest: bool = False) -> Path:
     dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
     if len(dirs) != 1 or (len(overrides) != 1 and not rest):
-        raise InputError(["usage: tuneforge eval run_dir=DIR | tuneforge export run_dir=DIR [export=[...]] "
-                          "[export.<stage>.<knob>=...]"])
+        raise InputError(["usage: tuneforge eval run_dir=DIR [harness.tasks=[...] harness.<knob>=...] | "
+                          "tuneforge export run_dir=DIR [export=[...]] [export.<stage>.<knob>=...]"])
     path = Path(dirs[0])
     if not (path / "config.yaml").is_file():
         raise InputError([f"run_dir={path} is not a tuneforge run directory (no config.yaml)"])
@@ -203,6 +228,14 @@ def _run_dir(overrides: list[str], rest: bool = False) -> Path:
 def cmd_eval(args) -> int:
     from tuneforge.runner.offline import eval_run
 
+    if any(o.startswith("harness") for o in args.overrides):  # lm-eval; else tuneforge's own eval
+        from tuneforge.runner.harness import eval_dir
+
+        con = _console()
+        found = eval_dir(_run_dir(args.overrides, rest=True), [o for o in args.overrides if not o.startswith("run_dir=")],
+                         log=con.print)
+        con.print(json.dumps(found, indent=2))
+        return EXIT_OK
     row = eval_run(_run_dir(args.overrides))
     _console().print(json.dumps(row, indent=2))
     return EXIT_OK
@@ -250,6 +283,20 @@ def cmd_merge(args) -> int:
     return EXIT_OK
 
 
+def cmd_plot(args) -> int:
+    from tuneforge.logging.plots import plot
+
+    opts = dict(o.split("=", 1) for o in args.overrides if "=" in o)
+    unknown = sorted(set(opts) - {"out", "metric"})
+    if unknown:
+        raise InputError([f"unknown option {k}=: tuneforge plot RUN_DIR... | SWEEP_DIR [out=FILE.png] [metric=NAME]"
+                          for k in unknown])
+    out = plot([Path(o) for o in args.overrides if "=" not in o], Path(opts["out"]) if "out" in opts else None,
+               opts.get("metric", "eval_loss"))
+    _console().print(f"plot: {out}")
+    return EXIT_OK
+
+
 def cmd_ckpt(args) -> int:
     from tuneforge.runner import checkpoint
 
@@ -276,19 +323,32 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run a recipe: tuneforge train [-m] recipe=NAME key=value ...")
     t.add_argument("-m", "--multirun", action="store_true", help="sweep: comma-separated values run every combination")
+    t.add_argument("--cfg", "-c", choices=["job", "hydra", "all"], help="print the composed config (job: tuneforge's, "
+                   "hydra: the hydra node, all: both) and exit without running")
+    t.add_argument("--package", "-p", help="with --cfg: print only this key (e.g. peft, hydra.sweep)")
+    t.add_argument("--info", action="store_true", help="print the config search path, the groups and their options "
+                   "(user ones marked) and the recipe's defaults tree, and exit")
     s = sub.add_parser("show", help="print the resolved config and the DeepSpeed JSON (loads no model)")
     s.add_argument("--doc", action="store_true", help="explain every key of the selected options")
     pl = sub.add_parser("plan", help="memory per rank (weights, gradients, optimizer, activations, logits, peak) before "
                                      "anything loads; whether it fits plan.gpu_mem x plan.gpus, and the cheapest fix")
     pl.add_argument("--json", action="store_true", help="one JSON object (peak_bytes: the predicted per-rank peak)")
-    sub.add_parser("recipes", help="list recipes")
-    sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR")
+    r = sub.add_parser("recipes", help="list recipes (the shipped ones and those of --config-dir)")
+    for sp in (t, s, pl, r):
+        sp.add_argument("--config-dir", "-cd", action="append", metavar="DIR",
+                        help="a user config directory: recipes DIR/<name>.yaml, options DIR/<group>/<name>.yaml "
+                             "(repeatable; the same as hydra.searchpath=[file://DIR])")
+    sub.add_parser("eval", help="re-evaluate a finished run: tuneforge eval run_dir=DIR; with lm-eval: "
+                                "tuneforge eval run_dir=DIR harness.tasks=[tuneforge_gsm8k_local] [harness.limit=N]")
     sub.add_parser("export", help="run the export stages into DIR/export (default: merged HF model, PEFT adapter): "
                                   "tuneforge export run_dir=DIR [export=[merge,prune]] [export.prune.sparsity=0.3]")
     sub.add_parser("prune", help="prune a finished run's model into DIR/pruned, or a base model into out=DIR: "
                                  "tuneforge prune run_dir=DIR prune=wanda [prune.pattern=2:4]")
     sub.add_parser("merge", help="merge fine-tunes of one base into a Hugging Face model: tuneforge merge DIR DIR ... "
                                  "merge=ties|dare|pcb|lines|task_arithmetic [merge.search=true] out=OUT")
+    sub.add_parser("plot", help="runs' loss and metric curves on one figure; for a sweep directory also the metric "
+                                "against each swept key: tuneforge plot RUN_DIR... | SWEEP_DIR [out=FILE.png] "
+                                "[metric=eval_loss]")
     for sp in sub.choices.values():
         sp.add_argument("overrides", nargs="*", help="recipe=NAME, group=option, group.key=value")
     c = sub.add_parser("ckpt", help="checkpoint tools: tuneforge ckpt verify|convert DIR")
@@ -298,8 +358,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"train": cmd_train, "show": cmd_show, "plan": cmd_plan, "recipes": cmd_recipes, "eval": cmd_eval, "export": cmd_export,
-            "ckpt": cmd_ckpt, "prune": cmd_prune, "merge": cmd_merge}
+COMMANDS = {"train": cmd_train, "show": cmd_show, "plan": cmd_plan, "recipes": cmd_recipes, "eval": cmd_eval,
+            "export": cmd_export, "ckpt": cmd_ckpt, "prune": cmd_prune, "merge": cmd_merge, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

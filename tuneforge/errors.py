@@ -6,11 +6,12 @@ Exit codes (stable; docs/reliability.md):
     2  bad config or input (nothing was started, or a checkpoint was refused)
     3  preempted (SIGTERM / SIGUSR1): a checkpoint was committed; run again with trainer.resume=auto (requeue)
     4  diverged: trainer.max_bad_steps consecutive steps had a non-finite loss or gradient norm
+    5  pruned: a trial of an optuna search was stopped by its pruner on an intermediate eval (a clean end)
 """
 
 from __future__ import annotations
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_DIVERGED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_PRUNED = 0, 1, 2, 3, 4, 5
 
 
 class InputError(Exception):
@@ -43,6 +44,12 @@ class Preempted(Exception):
     """A stop signal was honoured: a checkpoint is committed and the run can be resumed."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class Pruned(Exception):
+    """A search's pruner stopped this trial on an intermediate eval: the run ends cleanly, status "pruned"."""
+
+    exit_code = EXIT_PRUNED
 
 
 def did_you_mean(word: str, choices) -> str:

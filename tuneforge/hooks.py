@@ -4,6 +4,8 @@ precision mode that acts while the model trains.
     on_train_start(ctx)   once, after the engine is built (and after a resume), before the first step
     on_step_start(ctx)    before each optimizer step (LISA switching layers, SwitchLoRA swapping vectors,
                           a selector re-selecting data)
+    on_eval(ctx, row)     after each periodic eval (trainer.eval_every) with its metrics row (an optuna trial
+                          reports it to its study, and may stop the run by raising errors.Pruned)
 
 `ctx` is a TrainContext: the step about to run, the total, the engine (`runner.engine.Engine`: rebuild around a
 new trainable set, per-parameter optimizer state, learning rate), the model and its tokenizer, `log(text)` for the console and
@@ -42,4 +44,7 @@ class Hooks:
         pass
 
     def on_step_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_eval(self, ctx: TrainContext, row: dict) -> None:
         pass

@@ -77,6 +77,14 @@ ROWS: dict[str, Row] = {
     # Its 2-rank run is left out to keep the suite's time: the recipe walk exports l4q_tiny and reloads it
     "l4q": Row(["peft=l4q", "peft.r=4", "peft.group_size=32"], r"\.(lora_[AB]|q_scale|q_offset)$", zero2=False,
                hf_export=False),
+    # Tuning under sparsity: PERP on a magnitude-pruned base (its norms train too), PST's learned mask, PAT's HSMs
+    # and shared mask (its schedule buffers too; frozen binary after 2 of the 3 steps, so its narrower merge is exact). Their 2-rank runs are
+    # left out to keep the suite's time: tests/contracts/test_sparse_tuning.py runs and exports each tiny recipe
+    "perp": Row(["peft=perp", "peft.r=4", "prune=magnitude", "prune.sparsity=0.5"], r"(\.lora_[AB]|norm\.weight)$",
+                zero2=False),
+    "pst": Row(["peft=pst", "peft.r=4", "peft.mask_r=4"], r"\.(weight_[UV]|mask_[ABRC]|n_kept)$", zero2=False),
+    "pat": Row(["peft=pat", "peft.r=4", "peft.keep=48"], r"(\.hsm\.|pat_embed\.)(W_up|W_down|scale)$|pat_mask\.",
+               zero2=False),
 }
 
 TINY = ["recipe=quickstart_tiny", "trainer.eval_at_start=false"]

@@ -190,9 +190,10 @@ def test_pat_mask_ends_binary_at_the_target_count_and_the_shrunk_model_equals_th
     keep, total, d = 48, 5, 64  # tiny_llama: hidden 64; freeze after round(0.8 x 5) = 4 steps
     model, method, batch, *_ = make(Row(["peft=pat", "peft.r=4", f"peft.keep={keep}"], ""), tmp_path)
     writers = [f"model.layers.{i}.{p}" for i in range(LAYERS) for p in ("self_attn.o_proj", "mlp.down_proj")]
+    hsms = [f"{w}.hsm" for w in writers] + ["model.pat_embed"]  # after every residual writer and the embedding
     assert {n for n, p in model.named_parameters() if p.requires_grad} == (
-        {f"{w}.W_{x}" for w in writers for x in ("up", "down")} | {"model.pat_mask.logits"})
-    n_params = sum(p.numel() for n, p in model.named_parameters() if "W_" not in n and "pat_mask" not in n)
+        {f"{h}.{x}" for h in hsms for x in ("W_up", "W_down", "scale")} | {"model.pat_mask.logits"})
+    n_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n and ".hsm." not in n)
     train(model, method, batch, steps=total)
     logits = model.model.pat_mask.logits.detach()
     mask = model.model.pat_mask()
@@ -204,7 +205,8 @@ def test_pat_mask_ends_binary_at_the_target_count_and_the_shrunk_model_equals_th
         small = method.merged(model)
         got = small(input_ids=batch["input_ids"]).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert small.config.hidden_size == keep and sum(p.numel() for p in small.parameters()) < n_params
+    assert small.config.hidden_size == keep and sum(p.numel() for n, p in small.named_parameters() if ".layers." in n) < n_params
+    assert not small.config.tie_word_embeddings  # the embedding's HSM changed the embedding, not the head
     from transformers import AutoModelForCausalLM
 
     small.save_pretrained(str(tmp_path / "small"))
@@ -217,10 +219,36 @@ def test_pat_identity_loss_reaches_w_down_as_its_gradient(tmp_path):
     """With a task loss that ignores the output, W_down's gradient is exactly weight x d MSE(W_down W_downᵀ, I)/dW_down
     (over grad_accum, once per step), computed here by autograd from the loss."""
     model, method, batch, specs, *_ = make(Row(["peft=pat", "peft.r=4", "peft.identity_weight=0.5"], ""), tmp_path)
-    hsm = model.model.layers[0].self_attn.o_proj
+    hsm = model.model.layers[0].self_attn.o_proj.hsm
     with torch.no_grad():
         hsm.W_down.add_(0.1 * torch.randn(hsm.W_down.shape, generator=torch.Generator().manual_seed(1)))
     d = hsm.W_down.detach().clone().requires_grad_(True)
     torch.nn.functional.mse_loss(d @ d.T, torch.eye(d.shape[0])).backward()
     (model(input_ids=batch["input_ids"]).logits * 0).sum().backward()
     torch.testing.assert_close(hsm.W_down.grad, 0.5 / specs["trainer"].grad_accum * d.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_pat_mask_follows_the_reference_schedule_and_its_loss_reaches_the_logits(tmp_path):
+    """The authors' DimDownMask: M = 1 / (1 + exp(min(-T m, 10))) + b, T = 1 / (1 - ln max(1, t) / ln G + 1e-6),
+    b = max(0.5 - t / G, 0) at step t of G; and with a task loss that ignores the output, the logits' gradient is
+    exactly mask_weight x dL_M/dm over grad_accum, L_M = 10 |#{m >= 0} - keep| / keep + mean_{m>0} (m - 0.5)^2 +
+    mean_{m<=0} (m + 0.5)^2 with the count's step straight-through (the reference's `binarize`): autograd here."""
+    import math
+
+    keep, total = 48, 50
+    model, method, batch, specs, *_ = make(Row(["peft=pat", "peft.r=4", f"peft.keep={keep}", "peft.mask_weight=0.5"],
+                                               ""), tmp_path)
+    mask = model.model.pat_mask
+    with torch.no_grad():
+        mask.logits.copy_(0.3 * torch.randn(64, generator=torch.Generator().manual_seed(3)))
+    m = mask.logits.detach().clone()
+    for t in (0, 1, 10, 30):  # the freeze is at step 40
+        method.on_step_start(TrainContext(step=t, total_steps=total, model=model))
+        temp, bias = 1 / (1 - math.log(max(1, t)) / math.log(total) + 1e-6), max(0.5 - t / total, 0.0)
+        torch.testing.assert_close(mask(), 1 / (1 + torch.exp(torch.clamp(-temp * m, max=10))) + bias)
+    m.requires_grad_(True)
+    count = ((m >= 0).float() + m - m.detach()).sum()
+    loss = 10 * (count - keep).abs() / keep + ((m[m > 0] - 0.5) ** 2).mean() + ((m[m <= 0] + 0.5) ** 2).mean()
+    loss.backward()
+    (model(input_ids=batch["input_ids"]).logits * 0).sum().backward()
+    torch.testing.assert_close(mask.logits.grad, 0.5 / specs["trainer"].grad_accum * m.grad, rtol=1e-5, atol=1e-7)

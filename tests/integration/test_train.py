@@ -133,3 +133,17 @@ def test_two_nodes_match_one_node_of_two_ranks(single, workdir):
     assert summary(out)["world_size"] == 2
     torch.testing.assert_close(torch.tensor(train_losses(out)), torch.tensor(train_losses(single["full"])),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_real_launchers_match_one_big_batch(single, workdir, launcher):
+    """torchrun (torch.distributed.run) and DeepSpeed's runner over a one-host hostfile (`localhost slots=2`)
+    start the same 2 ranks: the loss curve is the 1-rank reference's."""
+    extra = ["launcher=torchrun"]
+    if launcher == "deepspeed":
+        (workdir / "hostfile").write_text("localhost slots=2\n")
+        extra = ["launcher=deepspeed", f"launcher.hostfile={workdir / 'hostfile'}"]
+    got = run_dir_of(ok(tuneforge("train", *COMMON, *TWO_RANKS, "peft=full", *extra, cwd=workdir)))
+    assert summary(got)["world_size"] == 2
+    torch.testing.assert_close(torch.tensor(train_losses(got)), torch.tensor(train_losses(single["full"])),
+                               rtol=1e-5, atol=1e-5)

@@ -36,10 +36,13 @@ def test_dead_rank_stops_the_others_in_bounded_time(tmp_path):
 
 
 def test_secrets_never_reach_the_run_directory(tmp_path):
+    """Nor the W&B offline run in it (its records, logs and files); tests/integration/test_tracking.py scans an
+    MLflow store the same way."""
     canaries = {"env": "cnry-env-7f3a9c", "cli": "cnry-cli-51be02", "config": "cnry-cfg-c0ffee"}
-    ok(train(tmp_path, "run", "trainer.max_steps=2", f"model.token={canaries['cli']}",
+    ok(train(tmp_path, "run", "trainer.max_steps=2", f"model.token={canaries['cli']}", "logger=wandb",
              f"model.arch.api_key={canaries['config']}", env={"HF_TOKEN": canaries["env"]}))
     ok(tuneforge("export", f"run_dir={tmp_path / 'run'}", cwd=tmp_path, env={"HF_TOKEN": canaries["env"]}))
+    assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     for f in (tmp_path / "run").rglob("*"):
         if f.is_file():
             data = f.read_bytes()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import ok
+import pytest
+
+from tests.conftest import ok, tuneforge
 from tests.reliability.helpers import cut_back, rows, train
 from tuneforge.runner.checkpoint import read_meta
 
@@ -30,3 +32,16 @@ def test_reselection_is_saved_and_resumes_exactly(tmp_path):
     cut_back(run, tmp_path / "resumed", 2)
     ok(train(tmp_path, "resumed", *SELECT, "trainer.resume=auto"))
     assert [r["loss"] for r in rows(tmp_path / "resumed")] == [r["loss"] for r in rows(run)]
+
+
+@pytest.mark.parametrize(("recipe", "cut"), [("skillit_tiny", 3), ("middo_tiny", 4)])
+def test_dynamic_selectors_resume_mid_round_exactly(recipe, cut, tmp_path):
+    """Skill-it (mixture updated every 2 steps) cut back to step 3, Middo (its loop at the epoch boundary, step 3)
+    cut back to step 4: each resumed run re-reads its saved choice and trains on exactly the uninterrupted run's
+    samples (bitwise-equal losses)."""
+    args = [f"recipe={recipe}", "trainer.save_every=1", "trainer.keep_last=6", "trainer.eval_at_start=false",
+            "trainer.max_new_tokens=2", "data.n_eval=2"]
+    ok(tuneforge("train", *args, f"trainer.output_dir={tmp_path / 'full'}", cwd=tmp_path))
+    cut_back(tmp_path / "full", tmp_path / "resumed", cut)
+    ok(tuneforge("train", *args, f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.resume=auto", cwd=tmp_path))
+    assert [r["loss"] for r in rows(tmp_path / "resumed")] == [r["loss"] for r in rows(tmp_path / "full")]

@@ -5,6 +5,8 @@
     (range checks) ──► cross-axis checks ──► typed DictConfig, or one InputError listing all problems.
 
 Recipes (recipes/*.yaml) are primary configs whose defaults list starts from `base` (configs/base.yaml).
+User config directories (--config-dir DIR, hydra.searchpath=[file://DIR]) add recipes (DIR/*.yaml) and options
+(DIR/<group>/<option>.yaml) beside the shipped ones; `hydra.*` overrides are read by config/hydra_node.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from tuneforge import registry
+from tuneforge.config.paths import config_dirs, recipe_home, search_path
 from tuneforge.config.schema import EXPORT, GROUPS, PRESET_SCHEMAS, ROOT_KEYS, RootSpec
 from tuneforge.config.spec import SpecError
 from tuneforge.errors import InputError, did_you_mean
@@ -25,23 +28,16 @@ from tuneforge.errors import InputError, did_you_mean
 DEFAULT_RECIPE = "quickstart"
 
 
-def config_dirs() -> tuple[Path, Path]:
-    """(configs/, recipes/): inside the installed wheel, else at the top of the source checkout."""
-    pkg = Path(__file__).resolve().parents[1]
-    for configs, recipes in ((pkg / "_configs", pkg / "_recipes"), (pkg.parent / "configs", pkg.parent / "recipes")):
-        if configs.is_dir() and recipes.is_dir():
-            return configs, recipes
-    raise RuntimeError(f"tuneforge configs not found next to {pkg}: reinstall tuneforge")
+def options(group: str, user=()) -> list[str]:
+    """A group's options: the shipped ones and those of the user config directories `user`."""
+    return sorted({p.stem for d in (config_dirs()[0], *user) for p in (Path(d) / group).glob("*.yaml")})
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dirs()[0] / group).glob("*.yaml"))
-
-
-def recipes() -> dict[str, str]:
-    """Recipe name -> its one-line description (the first line of its header comment)."""
+def recipes(user=()) -> dict[str, str]:
+    """Recipe name -> its one-line description (the first line of its header comment); `user`: user config
+    directories, whose top-level YAML files are recipes."""
     out = {}
-    for p in sorted(config_dirs()[1].glob("*.yaml")):
+    for p in sorted((p for d in (config_dirs()[1], *user) for p in Path(d).glob("*.yaml")), key=lambda p: p.stem):
         first = next((ln for ln in p.read_text().splitlines() if ln.startswith("#")), "# ")
         out[p.stem] = first.lstrip("# ").strip()
     return out
@@ -58,7 +54,7 @@ class _Override:
     text: str
     key: str
     value: object
-    kind: str  # "recipe" | "choice" | "key"
+    kind: str  # "recipe" | "choice" | "key" | "hydra"
 
 
 def _parse(overrides: list[str]) -> tuple[list[_Override], list[str]]:
@@ -71,6 +67,9 @@ def _parse(overrides: list[str]) -> tuple[list[_Override], list[str]]:
             (o,) = parser.parse_overrides([text])
         except Exception as e:  # Hydra's grammar errors are long; keep the first line
             problems.append(f"cannot parse override '{text}': {str(e).splitlines()[0]}")
+            continue
+        if o.key_or_group.startswith(("hydra.", "hydra/")):
+            out.append(_Override(text, o.key_or_group, None, "hydra"))  # checked by hydra_node.read
             continue
         if o.is_sweep_override():
             problems.append(f"'{text}' is a sweep: run it with `tuneforge train -m ...`")
@@ -87,26 +86,27 @@ def _parse(overrides: list[str]) -> tuple[list[_Override], list[str]]:
         elif head in GROUPS or head in ROOT_KEYS or head == EXPORT:
             out.append(_Override(text, key, o.value(), "key"))
         else:
-            problems.append(f"unknown key '{key}'{did_you_mean(head, (*GROUPS, EXPORT, *ROOT_KEYS, 'recipe'))}"
+            problems.append(f"unknown key '{key}'{did_you_mean(head, (*GROUPS, EXPORT, *ROOT_KEYS, 'recipe', 'hydra'))}"
                             f"; the groups are: {', '.join(GROUPS)}")
     return out, problems
 
 
-def _hydra_compose(recipe: str, choices: list[str]) -> DictConfig:
+def _hydra_compose(recipe: str, choices: list[str], user=()) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    configs, recipes_dir = config_dirs()
+    home = recipe_home(recipe, user)
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(recipes_dir), version_base=None):
-        return compose(recipe, overrides=[f"hydra.searchpath=[file://{configs}]", *choices])
+    with initialize_config_dir(config_dir=str(home), version_base=None):
+        return compose(recipe, overrides=[search_path(home, user), *choices])
 
 
-def _typed_group(group: str, node, problems: list[str], overridden: bool):
+def _typed_group(group: str, node, problems: list[str], overridden: bool, own=()):
     """Merge a composed group node onto its schema; every bad key becomes one problem.
 
     When the command line swapped the group's option (e.g. peft=freeze on a LoRA recipe), the recipe's settings
-    for the old option that the new one has no field for are dropped instead of reported."""
+    for the old option that the new one has no field for are dropped instead of reported -- except `own`, the
+    keys the chosen option's file itself sets (a user's option file with a typo is reported)."""
     name = node.get("name") if isinstance(node, DictConfig) else None
     if not isinstance(node, DictConfig) or name is None:
         problems.append(f"{group}: missing `name` (each configs/{group}/*.yaml must set name: <option>)")
@@ -116,16 +116,16 @@ def _typed_group(group: str, node, problems: list[str], overridden: bool):
     except KeyError as e:
         problems.append(f"{group}: {e.args[0]}")
         return None
-    return _onto(schema, node, group, f" for {group}={name}", problems, drop_unknown=overridden)
+    return _onto(schema, node, group, f" for {group}={name}", problems, drop_unknown=overridden, own=own)
 
 
-def _onto(schema: type, node, where: str, what: str, problems: list[str], drop_unknown: bool = False):
+def _onto(schema: type, node, where: str, what: str, problems: list[str], drop_unknown: bool = False, own=()):
     """`node`'s keys merged one by one onto `schema`'s defaults; each bad key is one problem."""
     typed = OmegaConf.structured(schema)
     fields = set(schema.__dataclass_fields__)
     for key in node or {}:
         if key not in fields:
-            if drop_unknown:
+            if drop_unknown and key not in own:
                 continue
             problems.append(f"unknown key {where}.{key}{did_you_mean(str(key), fields)}{what}; "
                             f"valid keys: {', '.join(sorted(fields)) or 'none'}")
@@ -135,6 +135,15 @@ def _onto(schema: type, node, where: str, what: str, problems: list[str], drop_u
         except OmegaConfBaseException as e:
             problems.append(f"{where}.{key}: {_short(e)}")
     return typed
+
+
+def _option_keys(group: str, option: str, user=()) -> set[str]:
+    """The keys configs/<group>/<option>.yaml (or a user directory's) sets."""
+    for d in (config_dirs()[0], *user):
+        path = Path(d) / group / f"{option}.yaml"
+        if path.is_file():
+            return {str(k) for k in OmegaConf.load(path) or {}}
+    return set()
 
 
 def _short(e: Exception) -> str:
@@ -183,14 +192,27 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
-    """(typed config, specs): what `Run.compose` holds. A bad piece (unknown option, bad key) is reported and
-    left out, so the rest is still checked: one run of the command shows every problem."""
+    """(typed config, specs). A bad piece (unknown option, bad key) is reported and left out, so the rest is
+    still checked: one run of the command shows every problem."""
+    return compose_run(overrides)[:2]
+
+
+def compose_run(overrides: list[str]) -> tuple[DictConfig, dict, DictConfig | None]:
+    """(typed config, specs, {hydra: node} when hydra keys were set, else None): what `Run.compose` holds."""
+    from tuneforge.config import hydra_node
+
     parsed, problems = _parse(list(overrides))
+    hyd, found = hydra_node.read([o.text for o in parsed if o.kind == "hydra"], multirun=False)
+    problems += found
+    user = hyd.user_dirs
     recipe = next((str(o.value) for o in reversed(parsed) if o.kind == "recipe"), DEFAULT_RECIPE)
-    known = recipes()
+    known = recipes(user)
     if recipe not in known:
         problems.append(f"unknown recipe '{recipe}'{did_you_mean(recipe, known)}; `tuneforge recipes` lists them")
         raise InputError(problems)
+    if "hydra" in (OmegaConf.load(recipe_home(recipe, user) / f"{recipe}.yaml") or {}):
+        problems.append(f"recipe '{recipe}' sets `hydra:` keys, which a recipe cannot set: give them on the command "
+                        "line (hydra.run.dir=..., hydra.sweep.dir=..., --config-dir DIR)")
     choices, bad_groups, stages = [], set(), None
     for o in (o for o in parsed if o.kind == "choice"):
         if o.key == EXPORT:
@@ -200,7 +222,7 @@ def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
             else:
                 choices.append(f"{EXPORT}=[{','.join(stages)}]")
             continue
-        opts = options(o.key)
+        opts = options(o.key, user)
         if str(o.value) in opts:
             choices.append(f"{o.key}={o.value}")
         else:
@@ -208,7 +230,10 @@ def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
             problems.append(f"unknown option {o.key}={o.value}{did_you_mean(str(o.value), opts)}; "
                             f"options: {', '.join(opts)}")
     try:
-        base = _hydra_compose(recipe, choices)
+        base = _hydra_compose(recipe, choices, user)
+        node = hydra_node.compose_node(hyd, recipe)[0] if hyd.overrides else None  # Hydra's defaults otherwise
+    except InputError as e:
+        raise InputError([*problems, *e.problems]) from None
     except Exception as e:
         raise InputError([*problems, f"recipe '{recipe}' does not compose: {_short(e)}"]) from None
 
@@ -216,7 +241,9 @@ def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
     OmegaConf.set_struct(cfg, False)
     for key in base:
         if key in GROUPS:
-            typed = _typed_group(key, base[key], problems, overridden=any(c.startswith(f"{key}=") for c in choices))
+            chosen = next((c.split("=", 1)[1] for c in reversed(choices) if c.startswith(f"{key}=")), None)
+            typed = _typed_group(key, base[key], problems, overridden=chosen is not None,
+                                 own=_option_keys(key, chosen, user) if chosen else ())
             if typed is None:
                 bad_groups.add(key)
             cfg[key] = typed
@@ -236,6 +263,8 @@ def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
 
     for o in (o for o in parsed if o.kind == "key" and o.key.split(".")[0] not in bad_groups):
         _apply_key(cfg, o, problems)
+    if "hydra.run.dir" in hyd.given and "trainer" not in bad_groups:
+        _run_dir_from_hydra(cfg, str(node.hydra.run.dir), problems)
     n_problems = len(problems)
     specs = build_specs(cfg, problems, skip=bad_groups)
     if EXPORT not in bad_groups:
@@ -246,7 +275,16 @@ def compose_with_specs(overrides: list[str]) -> tuple[DictConfig, dict]:
         problems += cross_axis_problems(specs)
     if problems:
         raise InputError(problems)
-    return cfg, specs
+    return cfg, specs, node
+
+
+def _run_dir_from_hydra(cfg: DictConfig, run_dir: str, problems: list[str]) -> None:
+    """hydra.run.dir is trainer.output_dir; both given and different is a contradiction."""
+    given = cfg.trainer.output_dir
+    if given and Path(given).absolute() != Path(run_dir).absolute():
+        problems.append(f"hydra.run.dir={run_dir} and trainer.output_dir={given} name two run directories: give one")
+    else:
+        cfg.trainer.output_dir = run_dir
 
 
 def build_specs(cfg: DictConfig, problems: list[str] | None = None, skip=()) -> dict:
@@ -411,6 +449,8 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
         cfg["prune"] = OmegaConf.structured(schema_for("prune", "none"))
     if "merge" not in raw:  # runs from before the merge group: no merge
         cfg["merge"] = OmegaConf.structured(schema_for("merge", "none"))
+    if "harness" not in raw:  # runs from before the harness group ran no lm-eval
+        cfg["harness"] = OmegaConf.structured(schema_for("harness", "default"))
     problems: list[str] = []  # runs from before export stages existed export as export=[merge] did
     node = raw.get(EXPORT) or {"merge": _stage_defaults("merge")}
     cfg[EXPORT] = _typed_export(node, problems, chosen=[str(n) for n in node])
@@ -431,3 +471,31 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
         raise InputError([f"cannot parse overrides: {_short(e)}"]) from None
     batches = BasicSweeper.split_arguments(parsed, None)
     return [job for batch in batches for job in batch]
+
+
+def harness_spec_of(cfg: DictConfig, overrides: list[str]):
+    """The harness spec of `tuneforge eval run_dir=DIR harness.tasks=[...]`: the run's harness settings changed by
+    harness.<knob>=value (anything else is an error: the run itself is fixed). No tasks is an error too."""
+    parsed, problems = _parse(list(overrides))
+    others = len(problems)
+    out = OmegaConf.create({"harness": OmegaConf.merge(OmegaConf.structured(schema_for("harness", "default")),
+                                                       cfg.harness)})
+    OmegaConf.set_struct(out, True)
+    for o in parsed:
+        if o.kind == "key" and o.key.split(".")[0] == "harness":
+            _apply_key(out, o, problems)
+        else:
+            problems.append(f"'{o.text}': `tuneforge eval run_dir=DIR` takes harness.<knob>=... (harness.tasks=[...], "
+                            "harness.limit=..., ...); the run's other settings are fixed")
+            others += 1
+    spec = None
+    if len(problems) == others:  # the harness keys applied: check their values too
+        try:
+            spec = OmegaConf.to_object(out.harness)
+        except SpecError as e:
+            problems += [f"harness.{p}" if re.match(r"^\w+=", p) else f"harness: {p}" for p in e.problems]
+    if not out.harness.tasks:
+        problems.append("no lm-eval tasks: name them, e.g. harness.tasks=[tuneforge_gsm8k_local]")
+    if problems:
+        raise InputError(problems)
+    return spec

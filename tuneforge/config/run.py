@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -19,12 +20,13 @@ from omegaconf import DictConfig
 class Run:
     cfg: DictConfig  # resolved; the only thing written to run_dir/config.yaml
     specs: dict  # group name -> spec dataclass
+    hydra: Optional[DictConfig] = None  # {hydra: node} when the command line set hydra.* keys (--cfg hydra shows it)
 
     @classmethod
     def compose(cls, overrides: list[str]) -> Run:
-        from tuneforge.config.compose import compose_with_specs
+        from tuneforge.config.compose import compose_run
 
-        return cls(*compose_with_specs(overrides))
+        return cls(*compose_run(overrides))
 
     @classmethod
     def of(cls, cfg: DictConfig) -> Run:

@@ -6,6 +6,7 @@ take their schema from the registry: `@register(group, name, config=Spec)`.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -107,6 +108,23 @@ class LoggerSpec(Spec):
     name: str = knob("console", "preset name (configs/logger/<name>.yaml)")
     progress: bool = knob(True, "live progress bar on a terminal (plain lines otherwise)")
     tensorboard: bool = knob(False, "also write TensorBoard event files to <run_dir>/tensorboard")
+    tracker: str = knob("none", "experiment tracker fed beside metrics.jsonl: none, wandb or mlflow (docs/tracking.md)")
+    project: Optional[str] = knob(None, "W&B project / MLflow experiment; default: the recipe's name")
+    run_name: Optional[str] = knob(None, "the tracker run's name; default: <recipe>/<run directory's name>")
+    tags: list[str] = knob([], "tags on the tracker run")
+    mode: str = knob("offline", "W&B: offline (files in <run_dir>/wandb, `wandb sync` them later; needs no "
+                                "network) or online")
+    entity: Optional[str] = knob(None, "W&B entity (team or user); default: yours")
+    tracking_uri: Optional[str] = knob(None, "MLflow tracking URI (a shared file store, a server http://...); "
+                                             "default: the file store <run_dir>/mlruns")
+    plots: bool = knob(True, "draw <run_dir>/plots/loss.png (losses and eval metrics against steps) at the end")
+
+    def problems(self):
+        out = one_of(self, "tracker", ("none", "wandb", "mlflow")) + one_of(self, "mode", ("offline", "online"))
+        if self.tracker != "none" and importlib.util.find_spec(self.tracker) is None:
+            out.append(f"logger.tracker={self.tracker} needs the {self.tracker} package: "
+                       "pip install 'tuneforge[track]' (or logger=console)")
+        return out
 
 
 @dataclass
@@ -140,11 +158,44 @@ def parse_bytes(text) -> int | None:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+@dataclass
+class HarnessSpec(Spec):
+    """EleutherAI lm-eval on the trained model (tuneforge/runner/harness.py, docs/evaluation.md): at the end of
+    `tuneforge train` when `tasks` is set, or afterwards with `tuneforge eval run_dir=DIR harness.tasks=[...]`."""
+
+    name: str = knob("default", "preset name (configs/harness/<name>.yaml)")
+    tasks: list[str] = knob([], "lm-eval task, group or tag names; tuneforge_gsm8k_local ships with tuneforge and "
+                                "needs no download. Empty: no lm-eval run")
+    include_path: list[str] = knob([], "directories of your own lm-eval task YAMLs (their `task:` names join tasks)")
+    limit: Optional[float] = knob(None, "examples per task: a count (>= 1) or a fraction (< 1); null: all")
+    num_fewshot: Optional[int] = knob(None, "few-shot examples per prompt; null: each task's own default")
+    batch_size: int = knob(8, "requests per forward pass")
+    max_gen_toks: Optional[int] = knob(None, "cap on generated tokens in generate tasks; null: each task's own")
+    model: str = knob("merged", "merged: adapters merged into the base, as `tuneforge export` writes it; adapter: "
+                                "the model as trained, adapter layers in place")
+    apply_chat_template: bool = knob(False, "wrap prompts in the tokenizer's chat template (chat-tuned models)")
+    log_samples: bool = knob(False, "also write each example's prompt, output and score to "
+                                    "<run_dir>/harness/samples_<task>.jsonl")
+    bootstrap_iters: int = knob(0, "bootstrap resamples for the metrics' standard errors (0: none, fast)")
+
+    def problems(self):
+        out = positive(self, "batch_size") + positive(self, "bootstrap_iters", allow_zero=True)
+        out += one_of(self, "model", ("merged", "adapter"))
+        if self.limit is not None and self.limit <= 0:
+            out.append(f"limit={self.limit} must be > 0: a count of examples, or a fraction below 1")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            out.append(f"num_fewshot={self.num_fewshot} must be >= 0")
+        if self.max_gen_toks is not None and self.max_gen_toks <= 0:
+            out.append(f"max_gen_toks={self.max_gen_toks} must be > 0")
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        return out + ([f"tasks lists {', '.join(twice)} twice"] if twice else [])
+
+
 PRESET_SCHEMAS: dict[str, type] = {"model": ModelSpec, "zero": ZeroSpec, "trainer": TrainerSpec, "logger": LoggerSpec,
-                                   "plan": PlanSpec}
+                                   "harness": HarnessSpec, "plan": PlanSpec}
 # Every config group, in the order a run uses them.
 GROUPS = ("model", "data", "selection", "peft", "quant", "prune", "precision", "zero", "optim", "sched", "trainer",
-          "launcher", "logger", "merge", "plan")
+          "launcher", "logger", "merge", "harness", "plan")
 # A group whose choice is a list of options: the stages `tuneforge export` runs, in order (export=[merge,prune]);
 # each stage's knobs sit under export.<stage> (configs/export/<stage>.yaml, `@register("export", <stage>, ...)`).
 EXPORT = "export"

@@ -52,7 +52,8 @@ class BatchPlan:
 
 def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sample. Packed samples also carry position_ids and segment ids; multi-task
-    samples carry their task ids (routed per sample by methods with task modules)."""
+    samples carry their task ids (routed per sample by methods with task modules); samples a selector weighted
+    carry their loss weights."""
     length = max(len(s.input_ids) for s in samples)
     pad = [length - len(s.input_ids) for s in samples]
     batch = {
@@ -66,6 +67,8 @@ def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
         batch["attention_mask"] = torch.tensor([[1] * len(s.input_ids) + [0] * p for s, p in zip(samples, pad)])
     if samples[0].task is not None:
         batch["task_ids"] = torch.tensor([s.task for s in samples])
+    if any(s.weight is not None for s in samples):
+        batch["weights"] = torch.tensor([1.0 if s.weight is None else s.weight for s in samples])
     return batch
 
 

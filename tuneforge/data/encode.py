@@ -27,6 +27,7 @@ class Sample:
     position_ids: Optional[list[int]] = None  # set for packed sequences
     segments: Optional[list[int]] = None  # packed: 1, 2, ... per sample, 0 for padding
     task: Optional[int] = None  # multi-task data: index of the example's task in data.tasks
+    weight: Optional[float] = None  # a selector's loss weight for this sample (None: 1)
 
     @property
     def trained_tokens(self) -> int:

@@ -7,6 +7,7 @@ import datetime
 import io
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as td
@@ -67,6 +68,37 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     td.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def peer_failure(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another rank went away (gloo/NCCL connection errors,
+    a collective timeout)."""
+    text = str(error).lower()
+    return isinstance(error, td.DistError) or (isinstance(error, RuntimeError) and any(
+        w in text for w in ("gloo", "nccl", "connection closed", "connection reset", "timed out", "broken pipe")))
+
+
+def lost_peers(ranks_per_node: int, wait_s: float = 3.0) -> str | None:
+    """After a failure with the process group up: which ranks are gone (a dead node, a killed rank). Every rank
+    still alive checks in with the rendezvous store (hosted by node 0); the ranks that have not within `wait_s`
+    are named with their node. None when all answered (the failure is not a lost peer) or with one rank."""
+    if not td.is_initialized() or world() < 2:
+        return None
+    try:
+        store = td.distributed_c10d._get_default_store()
+        store.set(f"tuneforge/alive/{rank()}", "1")
+        deadline, missing = time.monotonic() + wait_s, []
+        while True:
+            missing = [r for r in range(world()) if not store.check([f"tuneforge/alive/{r}"])]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - the store itself is gone: so is its host, rank 0 on node 0
+        missing = [0]
+    if not missing:
+        return None
+    names = ", ".join(f"rank {r} (node {r // max(ranks_per_node, 1)})" for r in missing)
+    return f"lost {names}: it stopped answering (its process or node died)"
 
 
 def shutdown() -> None:

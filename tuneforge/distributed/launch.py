@@ -9,8 +9,8 @@ same command is run once per node with launcher.node_rank=0..nnodes-1 and a fixe
 `launcher.grace_s`) and the failing rank is named. SIGTERM / SIGUSR1 sent to the launcher are forwarded to every
 rank (they then commit a checkpoint and exit with code 3). Ranks die with the launcher (PR_SET_PDEATHSIG), so
 no rank outlives it.
-A multi-node launcher (DeepSpeed hostfile, Slurm srun) implements the same method and starts the same worker
-(`python -m tuneforge.runner.worker <run_dir>`) on every node.
+The other launchers (tuneforge/distributed/launchers/: `torchrun`, `deepspeed` with a hostfile, `slurm`) implement
+the same method and start the same worker (`python -m tuneforge.runner.worker <run_dir>`) on every node.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class LauncherSpec(Spec):
     node_rank: int = knob(0, "this node's index, 0 .. nnodes-1 (node 0 hosts the rendezvous)")
 
     def problems(self):
-        out = positive(self, "nnodes") + positive(self, "master_port", "node_rank", allow_zero=True)
+        out = positive(self, "nnodes", "grace_s") + positive(self, "master_port", "node_rank", allow_zero=True)
         if not 0 <= self.node_rank < max(self.nnodes, 1):
             out.append(f"node_rank={self.node_rank} must be in 0 .. nnodes-1 = {self.nnodes - 1}")
         if self.nnodes > 1 and self.master_port == 0:
@@ -52,7 +52,12 @@ def worker_cmd(run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "tuneforge.runner.worker", str(run_dir)]
 
 
-def _die_with_parent() -> None:
+def rank_threads(ranks_per_node: int) -> str:
+    """OMP_NUM_THREADS for each of this node's ranks (the caller's own setting wins)."""
+    return os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks_per_node)))
+
+
+def die_with_parent() -> None:
     """In the child before exec: receive SIGTERM when the launcher dies (Linux prctl PR_SET_PDEATHSIG)."""
     try:
         import ctypes
@@ -72,18 +77,17 @@ class LocalLauncher:
 
         nproc, first = run.ranks_per_node, self.spec.node_rank * run.ranks_per_node
         port = self.spec.master_port or free_port()
-        threads = max(1, (os.cpu_count() or 1) // nproc)
         out = open(log, "a") if log else None  # noqa: SIM115 - closed below
         procs = []
         try:
             for r in range(nproc):
                 env = dict(os.environ, RANK=str(first + r), LOCAL_RANK=str(r), WORLD_SIZE=str(run.world_size),
                            MASTER_ADDR=self.spec.master_addr, MASTER_PORT=str(port),
-                           OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)), PYTHONUNBUFFERED="1")
-                procs.append(subprocess.Popen(worker_cmd(run.run_dir), env=env, stdout=out, preexec_fn=_die_with_parent,
+                           OMP_NUM_THREADS=rank_threads(nproc), PYTHONUNBUFFERED="1")
+                procs.append(subprocess.Popen(worker_cmd(run.run_dir), env=env, stdout=out, preexec_fn=die_with_parent,
                                               stderr=subprocess.STDOUT if out else None))
-            with _forwarding((signal.SIGTERM, signal.SIGUSR1), procs):
-                return self._watch(procs)
+            with forwarding((signal.SIGTERM, signal.SIGUSR1), procs):
+                return self._watch(procs, first)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -91,19 +95,21 @@ class LocalLauncher:
             if out:
                 out.close()
 
-    def _watch(self, procs) -> int:
-        """The run's exit code. A rank that fails (any code but 0, or 3 = preempted with its checkpoint committed)
-        stops the others; otherwise wait for every rank."""
+    def _watch(self, procs, first: int = 0) -> int:
+        """The run's exit code. A rank that fails (any code but 0, 3 = preempted with its checkpoint committed, or
+        5 = pruned: every rank stops at the same step) stops the others; otherwise wait for every rank."""
         while True:
             codes = [p.poll() for p in procs]
-            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0, 3)]
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0, 3, 5)]
             if failed:
                 rank, code = failed[0]
-                print(f"rank {rank} exited with code {code}; stopping the other ranks", file=sys.stderr, flush=True)
+                node = f" (node {self.spec.node_rank})" if self.spec.nnodes > 1 else ""
+                print(f"rank {first + rank}{node} exited with code {code}; stopping the other ranks", file=sys.stderr,
+                      flush=True)
                 self._stop(procs)
                 return code
             if all(c is not None for c in codes):
-                return 3 if 3 in codes else 0
+                return 3 if 3 in codes else 5 if 5 in codes else 0
             time.sleep(0.2)
 
     def _stop(self, procs) -> None:
@@ -122,15 +128,17 @@ STOP_SIGNALS: list[str] = []  # stop signals this process received while ranks r
 
 
 @contextlib.contextmanager
-def _forwarding(signals, procs):
-    """Forward `signals` received by this process to the ranks (main thread only: where Python handles signals)."""
+def forwarding(signals, procs):
+    """Forward `signals` received by this process to the ranks (main thread only: where Python handles signals).
+    `procs`: objects with poll() and send_signal(), or a callable returning them (ranks started by another
+    launcher program are found when the signal comes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def forward(signum, frame):
         STOP_SIGNALS.append(signal.Signals(signum).name)
-        for p in procs:
+        for p in procs() if callable(procs) else procs:
             if p.poll() is None:
                 p.send_signal(signum)
 

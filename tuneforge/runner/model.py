@@ -4,8 +4,10 @@ used by the runner and by eval/export (which rebuild a finished run's model the 
 from __future__ import annotations
 
 from tuneforge import registry
-from tuneforge.models.load import enable_gradient_checkpointing, load_model
+from tuneforge.config.run import Run
+from tuneforge.models.load import enable_gradient_checkpointing, load_model, load_tokenizer
 from tuneforge.peft.base import MethodContext
+from tuneforge.runner.weights import FILE, load_named
 
 
 def build(specs: dict, tok, ctx: MethodContext, zero3: bool = False):
@@ -20,3 +22,15 @@ def build(specs: dict, tok, ctx: MethodContext, zero3: bool = False):
     method = registry.build("peft", specs["peft"])
     model = registry.build("precision", specs["precision"]).apply(method.apply(model, ctx))
     return model, method
+
+
+def rebuild(run: Run):
+    """(specs, tokenizer, model, method) of a finished run: built as the run built it, its trained weights
+    (<run_dir>/final/trainable.safetensors) copied in by name, in eval mode."""
+    specs = run.specs
+    tok = load_tokenizer(specs["model"])
+    ctx = MethodContext(seed=specs["trainer"].seed, tokenizer=tok, run_dir=run.run_dir, specs=specs)
+    model, method = build(specs, tok, ctx)
+    load_named(model, run.run_dir / "final" / FILE)
+    model.eval()
+    return specs, tok, model, method

@@ -49,9 +49,11 @@ class CausalLM(nn.Module):
         return packed_attention_mask(segments, dtype)
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, segments=None, reduction="mean",
-                task_ids=None, divisor: float | None = None):
+                task_ids=None, divisor: float | None = None, weights=None):
         """reduction="mean": the summed token loss over `divisor` (training, see `step_divisor`), or by default
-        over this batch's own trained tokens; "sum": the pair (summed token loss, trained tokens)."""
+        over this batch's own trained tokens; "sum": the pair (summed token loss, trained tokens). `weights` (one
+        per sample, from a selector) scale each sample's token losses; the divisor still counts every trained
+        token, so a weight changes only its sample's share, whatever the batch split."""
         set_tasks(self.lm, task_ids)  # multi-task batches: route each sample to its task's modules
         mask = self._mask(attention_mask, segments)
         target = labels[:, 1:]
@@ -64,7 +66,11 @@ class CausalLM(nn.Module):
         else:
             out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
             logits = out.logits[:, :-1][keep]
-        total = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+        if weights is None:
+            total = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+        else:
+            per_token = F.cross_entropy(logits.float(), target[keep], reduction="none")
+            total = (per_token * weights.to(per_token.dtype)[:, None].expand(keep.shape)[keep]).sum()
         count = keep.sum()
         if reduction == "sum":
             return torch.stack([total, count.to(total.dtype)])

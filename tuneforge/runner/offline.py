@@ -24,23 +24,12 @@ from tuneforge.data.encode import encode
 from tuneforge.errors import InputError, RunError
 from tuneforge.export.base import ExportContext, run_stages
 from tuneforge.models.load import load_model, load_tokenizer
-from tuneforge.peft.base import MethodContext
 from tuneforge.prune import report, stage
 from tuneforge.runner import evaluate
-from tuneforge.runner.model import build
+from tuneforge.runner.model import rebuild
 from tuneforge.runner.objective import CausalLM
 from tuneforge.runner.runner import Runner
-from tuneforge.runner.weights import FILE, load_named
-
-
-def rebuild(run: Run):
-    specs = run.specs
-    tok = load_tokenizer(specs["model"])
-    ctx = MethodContext(seed=specs["trainer"].seed, tokenizer=tok, run_dir=run.run_dir, specs=specs)
-    model, method = build(specs, tok, ctx)
-    load_named(model, run.run_dir / "final" / FILE)
-    model.eval()
-    return specs, tok, model, method
+from tuneforge.runner.weights import FILE
 
 
 def evaluator(specs: dict, tok):
@@ -98,6 +87,9 @@ class Retrain(Runner):
         return self.given
 
     def save(self) -> None:
+        pass
+
+    def eval_harness(self) -> None:  # the stage's model is evaluated by the stage, not by lm-eval
         pass
 
     def teardown(self) -> None:

@@ -8,6 +8,7 @@
     train         the loop: hooks, micro-batches, optimizer step, log, eval, checkpoint; a step's loss is
                   its token losses summed over the whole global batch / its trained tokens (any split)
     save          final checkpoint, trained weights, probe logits, summary.json
+    eval_harness  lm-eval on the saved final model when harness.tasks is set (rank 0; tuneforge/runner/harness.py)
     teardown      close sinks, destroy the process group
 
 Tuning methods, data selectors and precision modes act during training only through their hooks
@@ -36,7 +37,7 @@ from tuneforge.data.encode import encode
 from tuneforge.data.formats import check_report
 from tuneforge.distributed import dist
 from tuneforge.distributed.ds_config import run_ds_config
-from tuneforge.errors import EXIT_FAILED, EXIT_OK, Diverged, InputError, Preempted, RunError
+from tuneforge.errors import EXIT_FAILED, EXIT_OK, Diverged, InputError, Preempted, Pruned, RunError
 from tuneforge.hooks import TrainContext
 from tuneforge.logging import secrets
 from tuneforge.logging.console import Console, fmt_duration
@@ -45,11 +46,12 @@ from tuneforge.models.load import load_tokenizer
 from tuneforge.peft.base import MethodContext, count, trainable
 from tuneforge.plan.measure import StepPeak
 from tuneforge.precision.modes import resolve
-from tuneforge.runner import checkpoint, evaluate, faults
+from tuneforge.runner import checkpoint, evaluate, faults, harness
 from tuneforge.runner.engine import Engine
 from tuneforge.runner.model import build as build_lm
 from tuneforge.runner.objective import CausalLM, step_divisor
 from tuneforge.runner.trainset import TrainSet
+from tuneforge.runner.trial import hooks_for as trial_hooks
 from tuneforge.runner.weights import FILE as WEIGHTS
 from tuneforge.runner.weights import save_named
 from tuneforge.selection import SelectionContext
@@ -84,13 +86,14 @@ class Runner:
     def run(self) -> int:
         status, code, error = "failed", EXIT_FAILED, None
         try:
-            for phase in (self.setup, self.select_data, self.build_model, self.build_engine, self.train, self.save):
+            for phase in (self.setup, self.select_data, self.build_model, self.build_engine, self.train, self.save,
+                          self.eval_harness):
                 t0 = time.time()
                 phase()
                 self.phase_s[phase.__name__] = round(time.time() - t0, 2)
             status, code = "completed", EXIT_OK
-        except Preempted as e:
-            status, code, error = "preempted", e.exit_code, str(e)
+        except (Preempted, Pruned) as e:
+            status, code, error = ("preempted" if isinstance(e, Preempted) else "pruned"), e.exit_code, str(e)
             self._console().print(f"[yellow]{escape(error)}[/]", force=True)
         except (InputError, RunError) as e:
             status, code, error = ("bad_input" if isinstance(e, InputError) else "failed"), e.exit_code, str(e)
@@ -100,6 +103,8 @@ class Runner:
             self._console().error(error)
         except BaseException as e:  # noqa: BLE001 - recorded, printed with its traceback, re-mapped to exit 1
             error = f"{type(e).__name__}: {e}"
+            if dist.peer_failure(e) and (lost := dist.lost_peers(self.run_spec.ranks_per_node)):
+                error = f"{lost}\n{error}"  # a dead node or rank, named
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             self._console().print(traceback.format_exc(), force=True, markup=False)
             self._console().error(error)
@@ -122,7 +127,8 @@ class Runner:
         torch.manual_seed(self.t.seed)
         logger = self.specs["logger"]
         self.console = Console(self.run_dir, main=dist.is_main(), progress=logger.progress)
-        self.metrics = Metrics(self.run_dir, enabled=dist.is_main(), tensorboard=logger.tensorboard)
+        self.metrics = Metrics(self.run_dir, enabled=dist.is_main(), logger=logger, config=self.cfg,
+                               recipe=self.cfg.recipe, warn=self.console.print)
         resolve(self.specs["precision"], self.device)  # precision=auto, when no run directory was prepared for it
         self.precision = registry.build("precision", self.specs["precision"])
         self.autocast = lambda: self.precision.autocast(self.device)
@@ -244,7 +250,7 @@ class Runner:
                                    f"{self.engine.total_steps}): the learning-rate schedule is rebuilt for "
                                    f"{self.total_steps} steps, continuing at step {self.step}")
             self.engine.reset_schedule(self.total_steps)
-        self.hooks = [self.method, self.selector, self.precision]
+        self.hooks = [self.method, self.selector, self.precision, *trial_hooks(self.run_dir)]
         for hook in self.hooks:
             hook.on_train_start(self.context())
 
@@ -279,7 +285,9 @@ class Runner:
                 self.metrics.log(row)
                 self.console.step(self.step, row)
             if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
-                self.evaluate()
+                row, ctx = self.evaluate(), self.context()
+                for hook in self.hooks:
+                    hook.on_eval(ctx, row)
             if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
                 self.checkpoint()
         self.console.stop()
@@ -356,6 +364,22 @@ class Runner:
         save_named(self.objective.lm, final / WEIGHTS, self.method.trained_names(self.objective.lm), meta)
         self.save_probe(final)
         dist.barrier()
+
+    def eval_harness(self) -> None:
+        """lm-eval (harness.tasks) on rank 0, after the final checkpoint, on the saved final model: the same model
+        and numbers as `tuneforge eval run_dir=DIR harness.tasks=[...]`. The training engine is released first
+        (its memory is the evaluation's); the other ranks do not wait."""
+        spec = self.specs["harness"]
+        if not spec.tasks:
+            return
+        self.state_bytes = self.optimizer_state_bytes()
+        self.engine.release()
+        self.engine = self.objective = self._hf_ds = None  # no ZeRO-3 loading context for the rebuilt model
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        if dist.is_main():
+            harness.check(spec)  # as preflight did (a run started by its config.yaml alone had none)
+            self.harness = harness.evaluate_run(self.run_spec, spec, self.console.print)
 
     def _on_stop_signal(self, signum, frame) -> None:
         """SIGTERM / SIGUSR1 (e.g. Slurm's pre-emption warning): finish the current step, commit a checkpoint,
@@ -452,10 +476,11 @@ class Runner:
             "final_train_loss": self.history["loss"][-1] if self.history["loss"] else None,
             "eval_before": first if len(evals) > 1 else {}, "eval": last,
             "skipped_steps": self.skipped, "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
-            "optimizer_state_bytes": self.optimizer_state_bytes(),
+            "optimizer_state_bytes": getattr(self, "state_bytes", None) or self.optimizer_state_bytes(),
             "measured_peak_bytes": getattr(self, "measured_peak", None),
             **getattr(self, "counts", {}), "world_size": dist.world(), "phase_s": self.phase_s,
             "run_dir": str(self.run_dir), "error": error,
+            **({"harness": self.harness} if getattr(self, "harness", None) else {}),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(secrets.redact_json(summary), indent=2))
         if status == "completed":

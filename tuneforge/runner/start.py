@@ -23,8 +23,8 @@ from tuneforge.precision.modes import resolve
 
 def preflight(run: Run, log=None) -> None:
     """Input problems found without loading a model: data files and rows, local model paths, the tuning method
-    against the model's architecture, raw DS JSON; the memory plan (its one-line summary to `log`; a plan that
-    does not fit is a problem under plan.strict=true)."""
+    against the model's architecture, raw DS JSON, lm-eval tasks (harness.tasks); the memory plan (its one-line
+    summary to `log`; a plan that does not fit is a problem under plan.strict=true)."""
     specs = run.specs
     problems = model_preflight(specs["model"])
     config = peek_config(specs["model"]) if not problems else None
@@ -39,6 +39,13 @@ def preflight(run: Run, log=None) -> None:
         registry.build("data", specs["data"]).load(specs["trainer"].seed)
     except InputError as e:
         problems += e.problems
+    if specs["harness"].tasks:  # lm-eval after training: installed, task names known
+        from tuneforge.runner import harness
+
+        try:
+            harness.check(specs["harness"])
+        except InputError as e:
+            problems += e.problems
     if problems:
         raise InputError(problems)
 
@@ -79,8 +86,9 @@ def prepare_run_dir(run: Run, run_dir: Path | None = None) -> Path:
 
 
 def start(run: Run, log: Path | None = None, in_process: bool = True) -> int:
-    """Run in this process when there is one rank and no log capture; otherwise through the launcher."""
-    if run.world_size == 1 and in_process and log is None:
+    """Run in this process when there is one rank, the local launcher and no log capture; otherwise through the
+    launcher."""
+    if run.world_size == 1 and in_process and log is None and run.specs["launcher"].name == "local":
         from tuneforge.runner.runner import Runner
 
         return Runner(run).run()

@@ -72,3 +72,23 @@ def test_split_micro_batches_give_the_one_big_batch_loss_and_gradient(tiny_model
         with torch.no_grad():
             mean_of_means = torch.stack([obj(**p) for p in parts]).mean()
         assert abs(mean_of_means - ref) > 1e-4  # the old normalisation (short samples weigh more): not float noise
+
+
+def test_sample_weights_scale_each_samples_token_losses_whatever_the_split(tiny_model_factory, tokenizer, samples):
+    """With per-sample weights w, the loss is sum_i w_i sum_t l_it / (all trained tokens), computed here from Hugging
+    Face's per-token losses; split into micro-batches (each over the global divisor) it is the same loss."""
+    from dataclasses import replace
+
+    model = tiny_model_factory(0)
+    obj, w = CausalLM(model), [1.0, 0.5, 0.0, 2.0]
+    weighted = [replace(s, weight=x) for s, x in zip(samples, w)]
+    batch = collate(weighted, tokenizer.pad_token_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    target = batch["labels"][:, 1:]
+    per = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), target, reduction="none", ignore_index=-100)
+    n = int((target != -100).sum())
+    want = sum(x * per[i].sum() for i, x in enumerate(w)) / n
+    torch.testing.assert_close(obj(**batch), want, rtol=1e-6, atol=1e-6)
+    parts = [collate(weighted[i:i + 1], tokenizer.pad_token_id) for i in range(4)]
+    torch.testing.assert_close(torch.stack([obj(**p, divisor=n / 4) for p in parts]).mean(), want, rtol=1e-6, atol=1e-6)
+    assert "weights" not in collate(samples, tokenizer.pad_token_id)  # unweighted samples: the plain loss

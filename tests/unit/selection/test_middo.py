@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tuneforge.data.batching import collate
 from tuneforge.errors import InputError
 from tuneforge.selection.middo.diagnose import flags, neighbour_similarity
 
@@ -79,6 +80,24 @@ def test_a_loop_keeps_the_size_and_without_outliers_changes_nothing(tokenizer, t
     before, samples = list(ctx.data.chosen), ctx.data.samples
     sel.on_step_start(ctx)
     assert ctx.data.chosen == before and ctx.data.samples is samples and ctx.data.reselected_at is None
+
+
+def test_the_downweight_refiner_keeps_the_set_and_weights_exactly_the_flagged_samples(tokenizer, tiny_model_factory,
+                                                                                    tmp_path):
+    """refiner=downweight: the same samples stay; the flagged ones (as recorded by the loop) carry weight 0.25 into
+    their batches, every other sample none; the weights are in the checkpointed state."""
+    sel, ctx, logs = _ctx(tokenizer, tiny_model_factory, sigma=0.5, refiner="downweight", weight=0.25)
+    ctx.run_dir = tmp_path
+    before = list(ctx.data.chosen)
+    sel.on_step_start(ctx)
+    rec = json.loads((tmp_path / "selection" / f"step_{ctx.step}.json").read_text())
+    flagged = sorted({i for kind in rec["flagged"].values() for i in kind} & set(before))
+    assert flagged and ctx.data.chosen == before and rec["swaps"] == {}
+    assert rec["weights"] == {str(i): 0.25 for i in flagged}
+    assert [s.weight for s in ctx.data.samples] == [0.25 if i in flagged else None for i in before]
+    batch = collate(ctx.data.samples, tokenizer.pad_token_id)
+    assert batch["weights"].tolist() == [0.25 if i in flagged else 1.0 for i in before]
+    assert ctx.data.state_dict()["weights"] == rec["weights"] and "down-weighted" in logs[0]
 
 
 def test_the_openai_refiner_rewrites_flagged_samples_through_an_endpoint(tokenizer, tiny_model_factory, tmp_path):

@@ -13,18 +13,17 @@ class PatSpec(Spec):
                             "export is a narrower model (hidden_size = keep)")
     keep: int = knob(0, "hidden channels kept (the model's new hidden_size); 0: ratio decides")
     ratio: float = knob(0.25, "fraction of the hidden channels removed when keep=0 (the paper's 25%)")
-    r: int = knob(8, "rank of each hybrid sparsification module W_up W_down")
+    r: int = knob(200, "rank of each hybrid sparsification module W_up W_down (the reference's 200)")
     identity_weight: float = knob(1.0, "weight of the identity loss MSE(W_down W_downᵀ, I) added to the task loss")
-    temperature_start: float = knob(1.0, "mask temperature at the first step")
-    temperature_end: float = knob(0.05, "mask temperature at freeze_at (geometric annealing)")
+    mask_weight: float = knob(1.0, "weight of the mask loss (the channel count and the pull of every logit to +-0.5)")
     freeze_at: float = knob(0.8, "fraction of the steps after which the mask is frozen, binary: the top-`keep` channels")
-    init_logit: float = knob(3.0, "initial mask logit of every channel (sigmoid(3) = 0.95: the modules start near identity)")
+    embedding_hsm: bool = knob(True, "an HSM on the embedding output too (the reference); false: the embedding output is "
+                                     "only masked, and a tied head stays tied at export")
 
     caps = Caps(whole_weights_in_training="the mask is shared by every layer and the export rewrites whole matrices")
 
     def problems(self):
-        out = positive(self, "r", "temperature_start", "temperature_end")
-        out += positive(self, "keep", "identity_weight", allow_zero=True)
+        out = positive(self, "r") + positive(self, "keep", "identity_weight", "mask_weight", allow_zero=True)
         if self.keep == 0 and not 0 < self.ratio < 1:
             out.append(f"ratio={self.ratio} must be in (0, 1) (or set keep=<channels>)")
         if not 0 < self.freeze_at <= 1:

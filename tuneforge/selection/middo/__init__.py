@@ -12,8 +12,9 @@ sample (diagnose.py):
   training samples; flagged below mean - m sigma (Sec. 3.2.2; diversity_filter.py);
 - quality: the model's own judgement, log p(" Yes") - log p(" No") as the next token after diagnose.QUALITY_PROMPT
   holding the sample's text; flagged below mean - m sigma (Sec. 3.2.3);
-with m = `sigma`. The refiner (refine.py) replaces the flagged training samples: `drop` with unflagged reserve
-samples, `openai` with rewrites from an OpenAI-compatible endpoint. Then the current losses become the previous
+with m = `sigma`. The refiner (refine.py) acts on the flagged training samples: `drop` replaces them with unflagged
+reserve samples, `downweight` keeps them at a loss weight, `openai` replaces them with rewrites from an
+OpenAI-compatible endpoint. Then the current losses become the previous
 ones. Each loop is written to <run_dir>/selection/step_<N>.json (the choice, every signal, the flags, the swaps)
 and kept in checkpoints, so a resumed run trains on what the uninterrupted one did.
 
@@ -30,7 +31,9 @@ Departures from the authors' code (github.com/Word2VecT/Middo), and why:
   strong LLM rewrite it (the reference always synthesizes with gpt-4o-mini through DataDreamer); `openai` sends
   each flagged sample to `selection.endpoint` (stdlib HTTP) with one instruction per diagnosis, and replaces it
   in place with the rewrite (the reference, for diversity, synthesizes a new sample from the sample and its
-  neighbours instead). Down-weighting flagged samples is not offered: the runner has no per-sample loss weights.
+  neighbours instead). `downweight` (the issue's other default) keeps a flagged sample and scales its token
+  losses by `weight` until a later loop clears it; the loss is still normalised by every trained token of the
+  global batch, so the weighting does not depend on the micro-batch split.
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ class MiddoSelectionSpec(Spec):
     count: int = knob(0, "training set size (0: use fraction)")
     sigma: float = knob(1.0, "m: a sample is flagged beyond mean +- m sigma of a diagnostic")
     neighbours: int = knob(2, "k nearest training samples of the diversity diagnostic")
-    refiner: str = knob("drop", "what replaces a flagged sample: drop (an unflagged reserve sample) or openai "
-                                "(its rewrite by selection.endpoint)")
+    refiner: str = knob("drop", "what happens to a flagged sample: drop (replaced by an unflagged reserve sample), "
+                                "downweight (kept, its loss scaled by selection.weight) or openai (its rewrite by "
+                                "selection.endpoint)")
+    weight: float = knob(0.5, "refiner=downweight: the loss weight of a flagged training sample until a later loop "
+                              "clears it (0: ignored, 1: no effect)")
     endpoint: Optional[str] = knob(None, "refiner=openai: base URL of an OpenAI-compatible server "
                                          "(POST <endpoint>/v1/chat/completions); off by default")
     api_model: str = knob("gpt-4o-mini", "refiner=openai: the model name sent to the endpoint")
@@ -70,7 +76,8 @@ class MiddoSelectionSpec(Spec):
 
     def problems(self):
         out = [] if 0 < self.fraction <= 1 else [f"fraction={self.fraction} must be in (0, 1]"]
-        out += one_of(self, "refiner", ("drop", "openai"))
+        out += one_of(self, "refiner", ("drop", "downweight", "openai"))
+        out += [] if 0 <= self.weight <= 1 else [f"weight={self.weight} must be in [0, 1]"]
         if self.refiner == "openai" and not self.endpoint:
             out.append("refiner=openai needs selection.endpoint=<base URL of an OpenAI-compatible server>")
         return out + positive(self, "count", allow_zero=True) + positive(self, "sigma", "neighbours", "batch_size",
@@ -162,17 +169,25 @@ class Middo(Selector):
                 self._put(ctx, row)
                 rewritten[row["index"]] = row["instruction"]
             flagged -= set(rewritten)
-        eligible = [i for i in range(len(pool)) if not bad[i]]
-        new, swaps = backfill(chosen, flagged, eligible, ctx.data.plan.seed * 1_000_003 + ctx.step)
-        if swaps or rewritten:
-            ctx.data.use(new, ctx.step)
+        if s.refiner == "downweight":  # the set stays; this loop's flags decide the weights
+            new, swaps, weights = chosen, {}, {i: s.weight for i in sorted(flagged)}
+            if weights != ctx.data.weights:
+                ctx.data.use(new, ctx.step, weights)
+        else:
+            eligible = [i for i in range(len(pool)) if not bad[i]]
+            new, swaps = backfill(chosen, flagged, eligible, ctx.data.plan.seed * 1_000_003 + ctx.step)
+            weights = {}
+            if swaps or rewritten:
+                ctx.data.use(new, ctx.step)
         self.prev = cur
         record(ctx.run_dir, ctx.step, new, cur.tolist(), loss=cur.tolist(), similarity=sim.tolist(),
                quality=quality.tolist(), flagged={k: np.flatnonzero(v).tolist() for k, v in f.items()},
-               swaps={str(i): j for i, j in swaps.items()}, rewritten=sorted(rewritten))
+               swaps={str(i): j for i, j in swaps.items()}, rewritten=sorted(rewritten),
+               weights={str(i): w for i, w in weights.items()})
         ctx.log(f"selection: step {ctx.step}: middo flagged {len(flagged) + len(rewritten)} of {len(chosen)} "
                 f"(complexity {int(f['complexity'][chosen].sum())}, diversity {int(f['diversity'][chosen].sum())}, "
-                f"quality {int(f['quality'][chosen].sum())}); replaced {len(swaps)}, rewrote {len(rewritten)}; "
+                f"quality {int(f['quality'][chosen].sum())}); replaced {len(swaps)}, rewrote {len(rewritten)}, "
+                f"down-weighted {len(weights)}; "
                 f"{len(new)} samples")
 
     def _rewrite(self, ctx, flagged: list[int], reasons: dict) -> list[dict]:
