@@ -7,7 +7,10 @@ size, gradient accumulation, rank count or ZeRO stage. A micro-batch's own token
 short samples more whenever micro-batches differ in trained tokens. Evaluation sums (`reduction="sum"`). For
 decoder families whose LM forward is just `head(decoder(x))`, the head is applied only at trained positions:
 with short answers and large vocabularies the full-vocabulary logits at every position are most of the
-compute and memory of a step, and never enter the loss. Other families go through the model's own forward.
+compute and memory of a step, and never enter the loss. There the head and the loss are also computed
+`loss_chunk` tokens at a time and recomputed in backward (`models/chunked_loss.py`), so no [tokens, vocab]
+tensor is kept for backward (trainer.loss_chunk=0: in one piece). Other families go through the model's own
+forward.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from tuneforge.data.batching import packed_attention_mask
 from tuneforge.data.encode import IGNORE
+from tuneforge.models.chunked_loss import chunkable, head_loss
 from tuneforge.models.layers import unwrap
 from tuneforge.peft.routing import set_tasks
 
@@ -35,9 +39,9 @@ def step_divisor(global_tokens: int, micro_batches: int) -> float:
 
 
 class CausalLM(nn.Module):
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, loss_chunk: int = 0):
         super().__init__()
-        self.lm = lm
+        self.lm, self.loss_chunk = lm, loss_chunk
         base = unwrap(lm)
         self.sparse_head = getattr(base.config, "model_type", None) in PLAIN_HEAD_TYPES
 
@@ -60,11 +64,14 @@ class CausalLM(nn.Module):
             base = unwrap(self.lm)
             hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                                         use_cache=False).last_hidden_state
-            logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+            head, picked = base.get_output_embeddings(), hidden[:, :-1][keep]
+            if self.loss_chunk and chunkable(head):
+                total = head_loss(picked, head, target[keep], self.loss_chunk)
+            else:
+                total = F.cross_entropy(head(picked).float(), target[keep], reduction="sum")
         else:
             out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-            logits = out.logits[:, :-1][keep]
-        total = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+            total = F.cross_entropy(out.logits[:, :-1][keep].float(), target[keep], reduction="sum")
         count = keep.sum()
         if reduction == "sum":
             return torch.stack([total, count.to(total.dtype)])
