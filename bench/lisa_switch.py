@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/lisa_switch.py [--steps 6] [key=value ...]      # tiny model: recipe=lisa_tiny
 
-Runs `tuneforge train peft=lisa peft.period=1` (a switch before every step) in this process and times each
+Runs `tuneforge train peft=lisa peft.period=1` (a switch before every step) in this process (1 rank, ZeRO-0
+unless overridden) and times each
 `Engine.rebuild` (release the DeepSpeed engine, build the new one, carry the optimizer state of what stays
 active) and each step. Defaults to the tiny LISA recipe; pass model/data overrides for SmolLM2, e.g.
 `recipe=quickstart peft=lisa trainer.micro_batch_size=4`.
@@ -43,7 +44,7 @@ def main() -> None:
     Engine.rebuild, Lisa.switch = timed_rebuild, timed_switch
     with tempfile.TemporaryDirectory(prefix="lisa-switch-") as tmp:
         code = cli(["train", "recipe=lisa_tiny", "peft.period=1", f"trainer.max_steps={args.steps}",
-                    "trainer.eval_at_start=false", "logger.progress=false", "data.checker=none",
+                    "trainer.eval_at_start=false", "logger.progress=false", "data.checker=none", "trainer.nproc=1", "zero=zero0",
                     f"trainer.output_dir={tmp}/run", *args.overrides])
         rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]

@@ -16,6 +16,7 @@ Tuning methods, data selectors and precision modes act during training only thro
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -358,6 +359,7 @@ class Runner:
         for sink in ("metrics", "console"):
             if hasattr(self, sink):
                 getattr(self, sink).close()
+        gc.unfreeze()  # the engine froze what existed when it was built (runner/engine.py)
         dist.shutdown()
 
     # ---------------------------------------------------------------- helpers
