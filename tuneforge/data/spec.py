@@ -40,6 +40,9 @@ class DataSpec(Spec):
         out = self.task_problems() + one_of(self, "overlength", ("drop", "truncate", "error")) + one_of(self, "bad_rows", ("skip", "error"))
         out += one_of(self, "checker", ("none", "number", "exact"))
         out += positive(self, "max_length") + positive(self, "limit", "eval_split", allow_zero=True)
+        if self.bucket and self.packing:
+            out.append("data.bucket=true groups unpacked samples by length, but data.packing=true makes every sequence "
+                       "a full pack: set data.bucket=false or data.packing=false")
         if self.needs_path and not self.path:
             out.append(f"data.path is required for data={self.name}: set data.path=/path/to/train.jsonl "
                        f"(samples ship in pkg://tuneforge/data/examples/)")

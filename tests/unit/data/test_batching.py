@@ -78,3 +78,13 @@ def test_bucketing_pads_less_and_keeps_each_epochs_samples_and_global_batches():
     splits = [BatchPlan(203, m, a, w, seed=7, lengths=lengths) for m, a, w in ((8, 1, 1), (2, 2, 2), (4, 1, 2))]
     for step in range(60):  # crosses an epoch boundary (25 steps per epoch)
         assert step_samples(splits[0], step) == step_samples(splits[1], step) == step_samples(splits[2], step)
+
+
+def test_bucketing_with_packing_is_refused():
+    import pytest
+
+    from tuneforge.config.compose import build_specs, compose
+    from tuneforge.errors import InputError
+
+    with pytest.raises(InputError, match="data.bucket=true groups unpacked samples"):
+        build_specs(compose(["data.bucket=true", "data.packing=true"]))
