@@ -91,11 +91,14 @@ class TrainerSpec(Spec):
     dist_timeout_s: int = knob(600, "seconds a collective may wait for another rank before the run fails")
     device: str = knob("auto", "auto (cuda if available), cpu or cuda")
     threads: int = knob(0, "CPU threads per rank (0: cores / nproc)")
+    loss_chunk: int = knob(512, "tokens per chunk of the LM head + loss, recomputed in backward so no "
+                                "[tokens, vocab] logits are kept (0: in one piece; docs/performance.md)")
 
     def problems(self):
         out = positive(self, "micro_batch_size", "grad_accum", "nproc", "log_every", "eval_batch_size", "keep_last",
                        "max_bad_steps", "dist_timeout_s")
-        out += positive(self, "eval_every", "save_every", "eval_max_samples", "max_new_tokens", "threads", allow_zero=True)
+        out += positive(self, "eval_every", "save_every", "eval_max_samples", "max_new_tokens", "threads", "loss_chunk",
+                        allow_zero=True)
         if self.max_steps == 0 or self.max_steps < -1:
             out.append(f"max_steps={self.max_steps} must be > 0, or -1 to train for `epochs`")
         if self.max_steps == -1 and self.epochs <= 0:

@@ -6,6 +6,13 @@ micro * accum * world samples is cut into micro-batches; rank r takes micro-batc
 accumulation step a, so 1 rank x accum 2 and 2 ranks x accum 1 train on the same samples per step.
 Every rank holds every sample, so each knows the trained-token count of the whole global batch, which
 normalises the step's loss (runner/objective.py), without communication.
+
+Length bucketing (data.bucket=true, given the samples' lengths): the epoch's shuffled order is cut into spans of
+BUCKET_SPAN global batches; each span is sorted by length, cut into global batches, and those are shuffled
+again. A micro-batch is padded to its longest sample, so batches of similar lengths waste little compute on
+padding (GSM8K chat turns, micro-batch 4: 24% of the tokens were padding, 3% bucketed). Which samples an epoch
+trains on is unchanged (the same tail is dropped); the grouping depends only on the global batch size, so every
+split of it into micro-batches, accumulation and ranks still trains on the same global batches.
 """
 
 from __future__ import annotations
@@ -17,10 +24,14 @@ import torch
 
 from tuneforge.data.encode import IGNORE, Sample
 
+BUCKET_SPAN = 16  # global batches sorted together by length (more: less padding, less randomness per batch)
+
 
 class BatchPlan:
-    def __init__(self, n_samples: int, micro: int, accum: int, world: int, seed: int):
+    def __init__(self, n_samples: int, micro: int, accum: int, world: int, seed: int,
+                 lengths: list[int] | None = None):
         self.n, self.micro, self.accum, self.world, self.seed = n_samples, micro, accum, world, seed
+        self.lengths = lengths
         self.global_batch = micro * accum * world
         self.steps_per_epoch = n_samples // self.global_batch
         self._perm: tuple[int, list[int]] | None = None
@@ -31,9 +42,22 @@ class BatchPlan:
     def order(self, epoch: int) -> list[int]:
         if self._perm is None or self._perm[0] != epoch:
             idx = list(range(self.n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(idx)
-            self._perm = (epoch, idx)
+            rng = random.Random(self.seed * 1_000_003 + epoch)
+            rng.shuffle(idx)
+            self._perm = (epoch, self._bucketed(idx, rng) if self.lengths is not None else idx)
         return self._perm[1]
+
+    def _bucketed(self, idx: list[int], rng: random.Random) -> list[int]:
+        """Each span of BUCKET_SPAN global batches sorted by length, cut into global batches, shuffled."""
+        g = self.global_batch
+        used = self.steps_per_epoch * g
+        out = []
+        for start in range(0, used, BUCKET_SPAN * g):
+            span = sorted(idx[start:min(start + BUCKET_SPAN * g, used)], key=lambda i: self.lengths[i])
+            batches = [span[k:k + g] for k in range(0, len(span), g)]
+            rng.shuffle(batches)
+            out += [i for b in batches for i in b]
+        return out + idx[used:]
 
     def global_batch_indices(self, step: int) -> list[int]:
         epoch, k = divmod(step, self.steps_per_epoch)

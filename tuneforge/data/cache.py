@@ -5,7 +5,8 @@ The key hashes (1) the examples themselves -- every row's mapped messages or tex
 of the data file, of its rows or of the field mapping misses -- (2) the tokenizer by content, not by name: its class, its
 serialized vocabulary/merges/normalizer/post-processor (`tokenizer.json`), chat template and special tokens (the
 same tokenizer loaded from a hub id or a local copy shares entries; a changed template misses), and
-(3) the data config (every data.* key but `cache` and `streaming`, which change which rows are read, not how). Hashing rows costs a small fraction of tokenizing them.
+(3) the data config (every data.* key but `cache` and `streaming`, which change which rows are read, not how, and
+`bucket`, which changes only how samples are batched). Hashing rows costs a small fraction of tokenizing them.
 An entry is one .npz file (token ids and labels flat, with offsets) written atomically, so ranks that encode the
 same data at once never read half a file. The over-length and no-trained-token reports are stored with the
 samples and replayed on a hit, so the problem report is the same either way.
@@ -50,7 +51,7 @@ def tokenizer_fingerprint(tok) -> str:
 
 
 def fingerprint(examples: list[Example], tok, spec: DataSpec) -> str:
-    config = {k: v for k, v in asdict(spec).items() if k not in ("cache", "streaming")}
+    config = {k: v for k, v in asdict(spec).items() if k not in ("cache", "streaming", "bucket")}
     h = hashlib.sha256(json.dumps([VERSION, config, tokenizer_fingerprint(tok)], sort_keys=True, default=str).encode())
     for ex in examples:
         h.update(json.dumps([ex.messages, ex.text, ex.task, ex.source], ensure_ascii=False).encode())

@@ -6,6 +6,10 @@
     rebuild(change)        release the engine (optimizer state, partitions), run change() -- which alters what
                            is trainable and returns the new parameter groups -- and build again
     release()              destroy the engine, leaving the model an ordinary module
+                           (what existed before the engine was built is frozen out of the garbage collector while
+                           it lives -- gc.freeze --, so the collection that frees the old optimizer scans only
+                           what came after: a LISA switch on the tiny model rebuilt in 0.10 s instead of 1.8 s, 95% of
+                           which was that collection)
     state(p) / put_state(p, s) / materialize() / held_numel() / held_bytes()
                            a parameter's optimizer state (fp32 master, Adam moments, step), any ZeRO stage
     snapshot() / restore(s)
@@ -60,6 +64,7 @@ class Engine:
         """A DeepSpeed engine over `groups`; the LR schedule continues from `start_step`."""
         import deepspeed
 
+        gc.freeze()  # what exists now outlives the engine: release()'s collection need not scan it
         optim = registry.build("optim", self.specs["optim"], element_steps=element_steps(self.specs))
         client_opt = self.precision.optimizer(groups, optim)
         plain = self.ds_config["zero_optimization"]["stage"] == 0 and not ({"bf16", "fp16"} & set(self.ds_config))
@@ -105,7 +110,8 @@ class Engine:
                     setattr(p, attr, None)
         released = weakref.ref(old.optimizer)
         self.ds = self.optimizer = self.scheduler = old = None
-        gc.collect()
+        gc.collect()  # the engine's reference cycles; objects frozen by build() are not scanned
+        gc.unfreeze()  # the runner's teardown unfreezes too, when the run ends with the engine built
         if released() is not None:
             raise RuntimeError("the previous DeepSpeed optimizer is still referenced after an engine release")
 

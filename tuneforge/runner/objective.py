@@ -7,7 +7,10 @@ size, gradient accumulation, rank count or ZeRO stage. A micro-batch's own token
 short samples more whenever micro-batches differ in trained tokens. Evaluation sums (`reduction="sum"`). For
 decoder families whose LM forward is just `head(decoder(x))`, the head is applied only at trained positions:
 with short answers and large vocabularies the full-vocabulary logits at every position are most of the
-compute and memory of a step, and never enter the loss. Other families go through the model's own forward.
+compute and memory of a step, and never enter the loss. There the head and the loss are also computed
+`loss_chunk` tokens at a time and recomputed in backward (`models/chunked_loss.py`), so no [tokens, vocab]
+tensor is kept for backward (trainer.loss_chunk=0: in one piece). Other families go through the model's own
+forward.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from tuneforge.data.batching import packed_attention_mask
 from tuneforge.data.encode import IGNORE
+from tuneforge.models.chunked_loss import chunkable, head_loss
 from tuneforge.models.layers import unwrap
 from tuneforge.peft.routing import set_tasks
 
@@ -34,10 +38,17 @@ def step_divisor(global_tokens: int, micro_batches: int) -> float:
     return max(global_tokens, 1) / micro_batches
 
 
+def token_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Summed cross-entropy of each row of `logits`, each token's scaled by its weight where given."""
+    if weights is None:
+        return F.cross_entropy(logits.float(), target, reduction="sum")
+    return (F.cross_entropy(logits.float(), target, reduction="none") * weights.float()).sum()
+
+
 class CausalLM(nn.Module):
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, loss_chunk: int = 0):
         super().__init__()
-        self.lm = lm
+        self.lm, self.loss_chunk = lm, loss_chunk
         base = unwrap(lm)
         self.sparse_head = getattr(base.config, "model_type", None) in PLAIN_HEAD_TYPES
 
@@ -53,24 +64,25 @@ class CausalLM(nn.Module):
         """reduction="mean": the summed token loss over `divisor` (training, see `step_divisor`), or by default
         over this batch's own trained tokens; "sum": the pair (summed token loss, trained tokens). `weights` (one
         per sample, from a selector) scale each sample's token losses; the divisor still counts every trained
-        token, so a weight changes only its sample's share, whatever the batch split."""
+        token, so a weight changes only its sample's share, whatever the batch split (weighted batches compute the
+        head in one piece)."""
         set_tasks(self.lm, task_ids)  # multi-task batches: route each sample to its task's modules
         mask = self._mask(attention_mask, segments)
         target = labels[:, 1:]
         keep = target != IGNORE
+        token_w = None if weights is None else weights[:, None].expand(keep.shape)[keep]
         if self.sparse_head:
             base = unwrap(self.lm)
             hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                                         use_cache=False).last_hidden_state
-            logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+            head, picked = base.get_output_embeddings(), hidden[:, :-1][keep]
+            if self.loss_chunk and chunkable(head) and token_w is None:
+                total = head_loss(picked, head, target[keep], self.loss_chunk)
+            else:
+                total = token_loss(head(picked), target[keep], token_w)
         else:
             out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-            logits = out.logits[:, :-1][keep]
-        if weights is None:
-            total = F.cross_entropy(logits.float(), target[keep], reduction="sum")
-        else:
-            per_token = F.cross_entropy(logits.float(), target[keep], reduction="none")
-            total = (per_token * weights.to(per_token.dtype)[:, None].expand(keep.shape)[keep]).sum()
+            total = token_loss(out.logits[:, :-1][keep], target[keep], token_w)
         count = keep.sum()
         if reduction == "sum":
             return torch.stack([total, count.to(total.dtype)])

@@ -17,6 +17,7 @@ Tuning methods, data selectors and precision modes act during training only thro
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -217,7 +218,7 @@ class Runner:
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)
         model, self.method = self.make_model()
-        self.objective = CausalLM(model)
+        self.objective = CausalLM(model, self.t.loss_chunk)
         n_train, n_all = count(model)
         self.counts = {"trainable_params": n_train, "total_params": n_all}
         self.console.print(f"model: {type(model).__name__} {n_all / 1e6:.1f}M params, {n_train / 1e6:.2f}M trainable "
@@ -392,6 +393,7 @@ class Runner:
         for sink in ("metrics", "console"):
             if hasattr(self, sink):
                 getattr(self, sink).close()
+        gc.unfreeze()  # the engine froze what existed when it was built (runner/engine.py)
         dist.shutdown()
 
     # ---------------------------------------------------------------- helpers

@@ -28,7 +28,9 @@ class TrainSet:
         picked = [replace(self.pool[i], weight=self.weights[i]) if i in self.weights else self.pool[i]
                   for i in self.chosen]
         self.samples = pack(picked, self.data.max_length) if self.data.packing else picked
-        self.plan = BatchPlan(len(self.samples), self.t.micro_batch_size, self.t.grad_accum, self.world, self.t.seed)
+        lengths = [len(s.input_ids) for s in self.samples] if self.data.bucket and not self.data.packing else None
+        self.plan = BatchPlan(len(self.samples), self.t.micro_batch_size, self.t.grad_accum, self.world, self.t.seed,
+                              lengths)
         if step is not None:
             self.reselected_at = step
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from tuneforge.data.batching import BatchPlan, collate, packed_attention_mask
@@ -56,3 +58,33 @@ def test_trained_tokens_counts_what_every_rank_trains_on():
                 counted = sum(int((collate([samples[i] for i in mb], pad_id=0)["labels"][:, 1:] != IGNORE).sum())
                               for r in range(world) for mb in plan.micro_batches(step, r))
                 assert plan.trained_tokens(step, samples) == counted > 0
+
+
+def test_bucketing_pads_less_and_keeps_each_epochs_samples_and_global_batches():
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 400) for _ in range(203)]
+    plain, bucketed = BatchPlan(203, 4, 1, 1, seed=7), BatchPlan(203, 4, 1, 1, seed=7, lengths=lengths)
+
+    def padded(plan):
+        return sum(max(lengths[i] for i in mb) * len(mb) for s in range(plan.steps_per_epoch)
+                   for mb in plan.micro_batches(s, 0))
+
+    for epoch in (0, 1):  # the same samples trained (the same tail dropped), in another grouping
+        steps = range(epoch * 50, epoch * 50 + 50)
+        assert (sorted(i for s in steps for i in bucketed.global_batch_indices(s))
+                == sorted(i for s in steps for i in plain.global_batch_indices(s)))
+    assert padded(bucketed) < 0.8 * padded(plain)
+    # any split of a global batch of 8 trains on the same global batches
+    splits = [BatchPlan(203, m, a, w, seed=7, lengths=lengths) for m, a, w in ((8, 1, 1), (2, 2, 2), (4, 1, 2))]
+    for step in range(60):  # crosses an epoch boundary (25 steps per epoch)
+        assert step_samples(splits[0], step) == step_samples(splits[1], step) == step_samples(splits[2], step)
+
+
+def test_bucketing_with_packing_is_refused():
+    import pytest
+
+    from tuneforge.config.compose import build_specs, compose
+    from tuneforge.errors import InputError
+
+    with pytest.raises(InputError, match="data.bucket=true groups unpacked samples"):
+        build_specs(compose(["data.bucket=true", "data.packing=true"]))
