@@ -5,7 +5,7 @@
     tuneforge train --cfg job|hydra|all [-p KEY] ...     print the composed config (Hydra's --cfg), run nothing
     tuneforge train --info ...                           config search path, groups and options, defaults tree
     --config-dir/-cd DIR (train, show, recipes)          user recipes DIR/*.yaml and options DIR/<group>/*.yaml
-    tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config + generated DeepSpeed JSON (no model)
+    tuneforge show [--doc] [recipe=NAME] [key=value ...] resolved config, DeepSpeed JSON and memory plan (no model)
     tuneforge plan [--json] [recipe=NAME] [key=value ...] memory per rank before anything loads; does it fit
                                                          plan.gpu_mem=80GB plan.gpus=8, and the cheapest fix
     tuneforge recipes                                    list recipes
@@ -31,8 +31,6 @@ import warnings
 from pathlib import Path
 
 from tuneforge.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError, RunError
-
-MEMORY_BASELINES = ("full", "lora")  # `tuneforge show` puts the chosen tuning method beside these (their defaults)
 
 
 def _console(stderr: bool = False):
@@ -121,46 +119,19 @@ def cmd_show(args) -> int:
     con.rule(f"DeepSpeed config (world size {run.world_size})")
     ds = run_ds_config(run)
     con.print(Syntax(json.dumps(ds, indent=2), "json", theme="ansi_dark", background_color="default"))
-    _show_memory(con, run.specs, run.world_size)
+    _show_plan(con, run)
     return EXIT_OK
 
 
-def _show_memory(con, specs, world: int) -> None:
-    from rich.table import Table
+def _show_plan(con, run) -> None:
+    from tuneforge.plan.planner import plan_run
+    from tuneforge.plan.report import render
 
-    from tuneforge import registry
-    from tuneforge.models import footprint
-    from tuneforge.models.load import peek_config
-
-    config = peek_config(specs["model"])
-    if config is None:
-        con.print(f"[dim]memory estimate: the config of model.path={specs['model'].path} is not available offline[/]")
-        return
-    z, dtype, q = specs["zero"].stage, specs["precision"].params, specs["quant"]
-    base = f"{dtype} weights" + ("" if q.weight_bytes(1, 1) is None else f", quant={q.name} base")
-    table = Table(title=f"predicted memory per rank: {world} rank(s), ZeRO-{z}, {base}, optim={specs['optim'].name} "
-                        "(activations not included)", title_justify="left")
-    for col in ("method", "trainable params", "optimizer states", "gradients", "weights", "total"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    baselines = [registry.entry("peft", name).config() for name in MEMORY_BASELINES]
-    rows = footprint.table(config, specs, world, baselines)
-    for row in rows:
-        gib = [_bytes(row[k]) for k in ("optimizer", "gradients", "weights", "total")]
-        name = f"[bold]> {row['method']}[/]" if row["chosen"] else f"  {row['method']}"
-        n = row["trainable"]
-        count = f"{n / 1e6:,.1f}M" if n >= 1e5 else f"{n / 1e3:,.1f}K"
-        table.add_row(name, f"{count} ({100 * n / row['total_params']:.1f}%)", *gib)
-    con.print(table)
-    if not any(row["chosen"] for row in rows):
-        con.print(f"[dim]peft={specs['peft'].name}: not estimable from the model's shapes (its spec declares no "
-                  "trainable_estimate for these settings)[/]")
-
-
-def _bytes(n: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:,.2f} {unit}"
-    return f"{n:,.0f} B"
+    plan = plan_run(run)
+    if plan is None:
+        con.print(f"[dim]memory plan: the config of model.path={run.specs['model'].path} is not available offline[/]")
+    else:
+        render(con, plan, run.recipe)
 
 
 def cmd_plan(args) -> int:

@@ -6,7 +6,7 @@
 the constraints it sets). `cross_problems(specs)` is an option's own check against other groups' values;
 `trainable_estimate(parts)` a tuning method's predicted trainable parameters, `weight_bytes(numel, rows)` a
 quantizer's bytes per quantized weight matrix and `state_bytes()` an optimizer's state bytes per trained element
-(all read by models/footprint.py for `tuneforge show`).
+(all read by the memory planner, tuneforge/plan/).
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ class Spec:
         return []
 
     def trainable_estimate(self, parts) -> tuple[str, int] | None:
-        """Tuning methods: (row label, trainable parameters) predicted from the model's `footprint.Parts`, shown
-        by `tuneforge show`; None: not estimable."""
+        """Tuning methods: (label, trainable parameters) predicted from the model's `footprint.Parts`, for the
+        memory plan; None: not estimable (planned as full fine-tuning)."""
         return None
 
     def weight_bytes(self, numel: int, rows: int) -> float | None:

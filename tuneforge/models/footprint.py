@@ -1,18 +1,7 @@
-"""Predicted memory of a run per rank, from the model's config alone (the model is built on the meta device:
-shapes, no weights). Used by `tuneforge show` to put the chosen tuning method beside baselines the caller names.
-
-The method's spec predicts its trainable parameters from the model's `Parts` (`spec.trainable_estimate(parts)`,
-in the method's folder); a method that declares no estimate gets no row.
-
-Per trainable parameter: the optimizer's moments (`optim` spec's `state_bytes()`: 8 B for AdamW's two fp32
-moments, about 2 B for 8-bit ones, 1 B for 4-bit ones), plus a 4 B fp32 master copy when the engine keeps one
-(ZeRO >= 1, or weights stored in bf16/fp16), plus its gradient (4 B, or 2 B for half-precision weights at
-ZeRO-0). Weights: every parameter in the training dtype (4 B, 2 B for bf16/fp16), except that a quantized base
-stores the linear weights of its decoder layers as the `quant` spec's `weight_bytes(numel, rows)` says (codes and
-scales); a tuning method that does not train base weights adds its own (adapter) parameters in the training
-dtype. ZeRO divides optimizer states over ranks from stage 1, gradients from stage 2, weights at stage 3.
-Activations are not included (they depend on batch, sequence length and checkpointing), nor are the few small
-tensors that low-bit optimizers keep in fp32.
+"""A model's parameter shapes from its config alone (the model is built on the meta device: no weights), for the
+memory planner (tuneforge/plan/): `parts(config)` counts every parameter and the decoder layers' linear weights.
+A tuning method's spec predicts its trainable parameters from these `Parts` (`spec.trainable_estimate(parts)`, in
+the method's folder). `SavedForBackward` measures what autograd keeps for backward (bench scripts and tests).
 """
 
 from __future__ import annotations
@@ -75,45 +64,6 @@ def parts(config) -> Parts:
                  len(layers), sum(m.in_features + m.out_features for m in linears),
                  sum(m.weight.numel() for m in linears), sum(m.out_features for m in linears),
                  tuple(p.numel() for p in model.parameters()))
-
-
-def per_rank_bytes(p: Parts, n_trainable: int, zero_stage: int, world: int, half_weights: bool,
-                   state_bytes: float = 8.0, quantized=None, adapter: bool = False) -> dict[str, float]:
-    """`quantized(numel, rows)`: bytes of one quantized linear weight (None: no quantized base); `adapter`: the
-    trainable parameters are added to the model (not base weights)."""
-    dtype = 2 if half_weights else 4
-    master = 4 if (zero_stage >= 1 or half_weights) else 0
-    optim = n_trainable * (state_bytes + master) / (world if zero_stage >= 1 else 1)
-    grads = n_trainable * (2 if half_weights and zero_stage == 0 else 4) / (world if zero_stage >= 2 else 1)
-    weights = p.total * dtype
-    if quantized is not None:
-        weights += p.n_layers * (quantized(p.linear_weights, p.linear_rows) - p.linear_weights * dtype)
-    weights = (weights + (n_trainable * dtype if adapter else 0)) / (world if zero_stage == 3 else 1)
-    return {"optimizer": optim, "gradients": grads, "weights": weights, "total": optim + grads + weights}
-
-
-def table(config, specs: dict, world: int, baselines: list) -> list[dict]:
-    """Rows for the baselines (tuning-method specs with their defaults), the chosen method taking the place of the
-    baseline of its name or coming last; only estimable methods get a row."""
-    p = parts(config)
-    z, half = specs["zero"].stage, specs["precision"].params != "fp32"
-    state, q = specs["optim"].state_bytes(), specs["quant"]
-    chosen = specs["peft"]
-    mine = chosen.trainable_estimate(p)
-    rows = [chosen if b.name == chosen.name and mine else b for b in baselines]
-    if mine and not any(s is chosen for s in rows):
-        rows.append(chosen)
-    out = []
-    for spec in rows:
-        estimate = spec.trainable_estimate(p)
-        if estimate is None:
-            continue
-        label, n = estimate
-        base = spec.caps.trains_base_weights  # such a row trains an unquantized base (a quantized one is refused)
-        quantized = None if base or q.weight_bytes(1, 1) is None else q.weight_bytes
-        out.append({"method": label, "chosen": spec is chosen, "trainable": n, "total_params": p.total,
-                    **per_rank_bytes(p, n, z, world, half, state, quantized, adapter=not base)})
-    return out
 
 
 class SavedForBackward:

@@ -18,7 +18,10 @@ Every term is what the run's own code path allocates on the device (docs/plannin
   tokens, per layer; with gradient checkpointing one hidden state per layer plus one block recomputed.
 - **logits**: the LM head runs on trained positions only (runner/objective.py): their hidden states, the logits
   in the compute dtype, the fp32 upcast when that is not fp32, log-softmax's saved output and, in backward, two
-  fp32 gradients of the same shape.
+  fp32 gradients of the same shape. With `trainer.loss_chunk` (models/chunked_loss.py, not under ZeRO-3) only one
+  chunk's logits exist at a time: the hidden states, one log-sum-exp per token and one chunk of fp32 logits
+  (turned into their gradient in place), plus its copy in the compute dtype when that is not fp32; a method that
+  trains base weights (taken to include the head) adds the head's fp32 gradient sum and one chunk's term of it.
 - **step**: the optimizer step's temporaries. At ZeRO-0 the larger of AdamW's two (square root and quotient of
   the largest tensor) and the flat copy of the gradients DeepSpeed all-reduces after backward (up to
   `MEMORY_OPT_ALLREDUCE_SIZE` elements; made even on one rank). From ZeRO-1 the step runs on the rank's flat
@@ -94,6 +97,7 @@ class Setting:
     prefetch_bucket: int
     persistence: int
     overlap_comm: bool
+    loss_chunk: int = 0
 
     @classmethod
     def from_specs(cls, specs: dict, world: int) -> Setting:
@@ -101,7 +105,7 @@ class Setting:
         return cls(world, t.micro_batch_size, t.grad_accum, specs["data"].max_length,
                    specs["model"].gradient_checkpointing, z.stage, z.offload_optimizer != "none",
                    z.offload_param != "none", specs["peft"], z.reduce_bucket_size, z.stage3_prefetch_bucket_size,
-                   z.stage3_param_persistence_threshold, z.overlap_comm)
+                   z.stage3_param_persistence_threshold, z.overlap_comm, t.loss_chunk)
 
 
 def block_saved(shape: Shape, tokens: int, compute_bytes: float) -> float:
@@ -128,6 +132,10 @@ def logits(shape: Shape, s: Setting, compute_bytes: float) -> float:
     the larger of forward (the logits, their fp32 upcast, log-softmax's output) and backward (log-softmax's
     saved output and the incoming gradient, then the logits' gradient in the compute dtype)."""
     n = s.micro_batch * (s.seq_len - 1)
+    if s.loss_chunk and s.stage < 3:  # one chunk of logits at a time (a ZeRO-3 head goes the plain way)
+        chunk = min(s.loss_chunk, n) * shape.vocab * (4 + (compute_bytes if compute_bytes != 4 else 0))
+        head_grad = 2 * 4 * shape.vocab * shape.hidden if s.peft.caps.trains_base_weights else 0  # sum + one term
+        return n * shape.hidden * compute_bytes + 4 * n + chunk + head_grad
     nv = n * shape.vocab
     half = compute_bytes != 4
     forward = compute_bytes * nv + (4 * nv if half else 0) + 4 * nv

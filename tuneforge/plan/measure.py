@@ -22,9 +22,12 @@ WORDS = ("the a model learns tokens from long text rows so every position of eve
 
 
 def live_tensor_bytes() -> int:
-    """Bytes of the distinct storages behind every tensor the Python heap holds now."""
+    """Bytes of the distinct storages behind every tensor the Python heap holds now. gc.get_objects() does not list
+    objects frozen out of the collector (runner/engine.py freezes what exists when an engine is built), so they are
+    unfrozen first: a measured run gives up that shortcut, and an engine release then scans everything."""
     import torch
 
+    gc.unfreeze()
     seen: dict[tuple, int] = {}
     with warnings.catch_warnings():  # isinstance() on some deprecated module-level objects warns
         warnings.simplefilter("ignore")

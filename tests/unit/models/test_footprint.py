@@ -1,37 +1,34 @@
-"""The memory table of `tuneforge show`: rows come from the methods' own estimates (exact counts are checked
-against real models in tests/unit/peft/test_lisa_unit.py)."""
+"""The model-state terms of the memory plan (`tuneforge plan`, `tuneforge show`): the trainable set comes from the
+methods' own estimates (exact counts are checked against real models in tests/unit/peft/test_lisa_unit.py); the
+bytes are written here from the dtypes, the quantizers' storage and the optimizers' states."""
 
 from __future__ import annotations
 
 import pytest
 
-from tuneforge import registry
-from tuneforge.cli import MEMORY_BASELINES
 from tuneforge.config.compose import build_specs, compose
-from tuneforge.models import footprint
 from tuneforge.models.load import peek_config
+from tuneforge.plan.estimate import Setting, Shape, breakdown
 
 
-def rows(*overrides):
+def terms(overrides, world=1):
     specs = build_specs(compose(["model=tiny_llama", *overrides]))
-    baselines = [registry.entry("peft", n).config() for n in MEMORY_BASELINES]
-    return [(r["method"], r["chosen"]) for r in footprint.table(peek_config(specs["model"]), specs, 1, baselines)]
+    return breakdown(specs, Shape.of(peek_config(specs["model"])), Setting.from_specs(specs, world))
 
 
 @pytest.mark.parametrize("overrides,want", [
-    (["peft=full"], [("full fine-tuning", True), ("LoRA r=16 all-linear", False)]),
-    (["peft=lora", "peft.r=4"], [("full fine-tuning", False), ("LoRA r=4 all-linear", True)]),
-    (["peft=corda"], [("full fine-tuning", False), ("LoRA r=16 all-linear", False),
-                      ("corda (LoRA r=16 all-linear)", True)]),  # inherits LoRA's estimate, under its own name
-    (["peft=dora"], [("full fine-tuning", False), ("LoRA r=16 all-linear", False)]),  # declares none
-    (["peft=lora", "peft.target_modules=[q_proj]"], [("full fine-tuning", False), ("LoRA r=16 all-linear", False)]),
+    (["peft=full"], "full fine-tuning"),
+    (["peft=lora", "peft.r=4"], "LoRA r=4 all-linear"),
+    (["peft=corda"], "corda (LoRA r=16 all-linear)"),  # inherits LoRA's estimate, under its own name
+    (["peft=dora"], ""),  # declares none: planned as full fine-tuning (the plan says so)
+    (["peft=lora", "peft.target_modules=[q_proj]"], ""),
 ])
-def test_the_chosen_method_has_a_row_only_when_its_spec_estimates_one(overrides, want):
-    assert rows(*overrides) == want
+def test_the_method_is_named_only_when_its_spec_estimates_its_trainable_set(overrides, want):
+    assert terms(overrides)["method"] == want
 
 
 def hand(overrides, world):
-    """The table's row for the chosen method, and the model's parameter counts taken here from the model itself
+    """The plan's terms, and the model's parameter counts taken here from the model itself
     (built on the meta device): all parameters, and the decoder layers' linear weights (elements, output rows)."""
     import torch
     from torch import nn
@@ -39,7 +36,7 @@ def hand(overrides, world):
 
     specs = build_specs(compose(["model=tiny_llama", *overrides]))
     config = peek_config(specs["model"])
-    [row] = [r for r in footprint.table(config, specs, world, []) if r["chosen"]]
+    row = terms(overrides, world)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     linears = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n]
@@ -47,17 +44,12 @@ def hand(overrides, world):
     return row, total, linears
 
 
-@pytest.mark.parametrize("zero,world", [("zero0", 1), ("zero2", 2), ("zero3", 2)])
-def test_full_fp32_adamw_bytes_are_4_4_8_per_parameter_divided_by_zero(zero, world):
-    """fp32 weights 4 B, gradients 4 B, AdamW moments 8 B per parameter; from ZeRO-1 the engine keeps a 4 B fp32
-    master copy beside the moments; ZeRO-1+ divides states over ranks, ZeRO-2+ gradients, ZeRO-3 weights."""
-    row, n, _ = hand(["peft=full", f"zero={zero}"], world)
-    stage = int(zero[-1])
+def test_full_fp32_adamw_bytes_are_4_4_8_per_parameter():
+    """fp32 weights 4 B, gradients 4 B, AdamW moments 8 B per parameter at ZeRO-0 on one rank (ZeRO's division and
+    DeepSpeed's buckets: tests/unit/plan/test_planner.py)."""
+    row, n, _ = hand(["peft=full"], 1)
     assert row["trainable"] == n
-    assert row["weights"] == 4 * n / (world if stage == 3 else 1)
-    assert row["gradients"] == 4 * n / (world if stage >= 2 else 1)
-    assert row["optimizer"] == (8 + (4 if stage else 0)) * n / (world if stage else 1)
-    assert row["total"] == row["weights"] + row["gradients"] + row["optimizer"]
+    assert (row["weights"], row["gradients"], row["optimizer"]) == (4 * n, 4 * n, 8 * n)
 
 
 @pytest.mark.parametrize("quant,optim", [("int8", "ao_adamw8bit"), ("nf4", "ao_adamw4bit"), ("int8", "adamw8bit")])
@@ -78,10 +70,9 @@ def test_quantized_base_and_low_bit_states(quant, optim):
     assert row["optimizer"] == pytest.approx(adapters * per_element[optim])
 
 
-def test_show_prints_the_table_under_the_chosen_quantization_and_optimizer(capsys):
+def test_show_ends_with_the_memory_plan_under_the_chosen_quantization_and_optimizer(capsys):
     from tuneforge.cli import main
 
     assert main(["show", "recipe=int8_tiny", "optim=ao_adamw4bit", "zero=zero2", "trainer.nproc=2"]) == 0
     out = capsys.readouterr().out
-    assert "2 rank(s), ZeRO-2, fp32 weights, quant=int8 base, optim=ao_adamw4bit" in out
-    assert "> qlora (LoRA r=8 all-linear)" in out
+    assert "memory plan per rank: recipe=int8_tiny, qlora (LoRA r=8 all-linear), 2 rank(s), ZeRO-2" in out
