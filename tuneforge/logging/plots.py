@@ -107,6 +107,7 @@ def loss_png(run_dir: Path) -> Path | None:
         right.plot(*series(rows, "lr"), lw=1.2)
         right.set(xlabel="step", ylabel="learning rate", title="learning rate (no eval metrics)")
     _steps_axis(right)
+    right.set_xlim(left.get_xlim())  # both panels on the run's steps (one eval point would centre on itself)
     fig.suptitle(Path(run_dir).name, fontsize=9)
     return _save(fig, Path(run_dir) / "plots" / "loss.png", tight=False)
 
