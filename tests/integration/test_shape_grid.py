@@ -27,6 +27,8 @@ PARTNERS = {"qlora": ["quant=nf4"], "e2e_qp": ["quant=efficientqat"],
             "mtlora": ["data.ops=[+,-]", "data.tasks=[add,sub]"]}
 # Cells whose defaults do not fit the model, and the problem the user is told (the rest must train).
 REJECTED = {
+    ("tiny_llama", "pat"): "peft.r=200 exceeds hidden_size 64: W_down W_downᵀ cannot be the identity; set peft.r <= 64",
+    ("tiny_gqa", "pat"): "peft.r=200 exceeds hidden_size 96: W_down W_downᵀ cannot be the identity; set peft.r <= 96",
     ("tiny_llama", "switchlora"): "peft.r=128 exceeds the 32 output features of model.layers.0.self_attn.k_proj: "
                                   "set peft.r <= 32",
     ("tiny_gqa", "switchlora"): "peft.r=128 exceeds the 32 output features of model.layers.0.self_attn.k_proj: "

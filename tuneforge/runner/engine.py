@@ -112,6 +112,8 @@ class Engine:
         self.ds = self.optimizer = self.scheduler = old = None
         gc.collect()  # the engine's reference cycles; objects frozen by build() are not scanned
         gc.unfreeze()  # the runner's teardown unfreezes too, when the run ends with the engine built
+        if released() is not None:  # frozen with it: another engine was built while this one lived
+            gc.collect()
         if released() is not None:
             raise RuntimeError("the previous DeepSpeed optimizer is still referenced after an engine release")
 
