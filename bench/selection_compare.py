@@ -13,7 +13,17 @@ Eval is on 100 clean held-out problems (disjoint from the pool). Every row train
 LoRA) for `--steps` steps on its selection; the `all` row trains on the whole pool. Columns: the share of each kind
 in the final selection (the last re-selection, for a dynamic method), exact match and eval loss after training, the
 selection's own cost in seconds (summary.json's phase_s.selection: the initial choice and every re-selection) and
-the run's wall time. Methods that need another model or axis get it from NEEDS.
+the run's wall time.
+
+Methods that need another model or axis:
+- `preselect` scores the pool with 3 models of known benchmark order: the same recipe trained on the whole pool
+  for 5, 12 and `--steps` steps (run directories, exported; ranked by their eval loss). Their training is not in
+  the row's `selection s`; the script prints it.
+- `--parts paser`: its own table. The recipe's model is pruned once (Wanda, 50%), and the pruned model is
+  recovered for `--steps` steps on the whole pool, on random 20% and on PASER's 20% (original: `--original`).
+- `--parts skillit`: its own table. Skill-it mixes skills (data.tasks), which the noisy pool does not label, so it
+  trains `--skill-recipe` (quickstart addition + subtraction as two skills) beside the same recipe with a uniform
+  mixture (selection=none) and with the identity skills graph; columns are exact match per skill.
 """
 
 from __future__ import annotations
@@ -22,8 +32,10 @@ import argparse
 import json
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,11 +59,12 @@ METHODS = {
     "perplexity (low)": ["selection=perplexity"],
     "mates": ["selection=mates", "selection.reselect_every=10"],
     "middo": ["selection=middo"],
+    "preselect": None,  # scorers(): three scoring runs first
 }
-# Not rows here, and why: preselect needs >= 3 scoring models with a benchmark ranking (one real model ships);
-# skillit needs skills (data.tasks), which this pool does not label; paser recovers a *pruned* model, so its
-# run would not train the same model as the others.
-FRACTION = {"all": None}  # rows that keep everything
+PRESELECT_STEPS = (5, 12)  # the scoring runs' steps, besides --steps
+SKILLIT = {"uniform mixture (selection=none)": ["selection=none"],
+           "skillit, identity graph": ["selection.graph=identity"],
+           "skillit, learned graph": []}
 
 
 def write_pool(out: Path, n: int, seed: int) -> tuple[Path, Path, list[str]]:
@@ -102,8 +115,29 @@ def final_choice(run_dir: Path) -> list[int] | None:
     return json.loads(first.read_text())["chosen"] if first.is_file() else None
 
 
+def cli(*args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tuneforge", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"tuneforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def scorers(data: list[str], args, tmp: Path) -> list[str]:
+    """PreSelect's scoring models: the recipe trained on the whole pool for 5, 12 and --steps steps, exported (their
+    summaries' eval loss is the benchmark order)."""
+    start, dirs = time.perf_counter(), []
+    for steps in (*PRESELECT_STEPS, args.steps):
+        (tmp / f"scorer-{steps}").mkdir()
+        run_dir = train(f"recipe={args.recipe}", *data, "selection=none", f"trainer.max_steps={steps}",
+                        "trainer.eval_at_start=false", cwd=tmp / f"scorer-{steps}")
+        cli("export", f"run_dir={run_dir}")
+        dirs.append(str(run_dir))
+    print(f"preselect: 3 scoring runs trained and exported in {time.perf_counter() - start:.0f} s")
+    return ["selection=preselect", f"selection.models=[{','.join(repr(d) for d in dirs)}]",
+            "selection.metric=eval_loss"]
+
+
 def measure(name: str, overrides: list[str], data: list[str], kinds: list[str], args) -> list:
-    frac = [] if name in FRACTION else [f"selection.fraction={args.keep}"]
+    frac = [] if "selection=none" in overrides else [f"selection.fraction={args.keep}"]
     try:
         run_dir = train(f"recipe={args.recipe}", *data, *overrides, *frac, f"trainer.max_steps={args.steps}",
                         "trainer.eval_at_start=false")
@@ -122,15 +156,44 @@ def measure(name: str, overrides: list[str], data: list[str], kinds: list[str], 
 
 
 COLUMNS = ["selection", "kept", *(f"{k} %" for k in KINDS), "exact match", "eval loss", "selection s", "run wall s"]
+SKILL_COLUMNS = ["mixture", "exact match add", "exact match sub", "exact match both", "eval loss", "selection s",
+                 "run wall s"]
+
+
+def paser(data: list[str], kinds: list[str], args, tmp: Path) -> list[list]:
+    """The recipe's model pruned once (Wanda, 50%), recovered on the whole pool, random 20% and PASER's 20%."""
+    pruned = tmp / "pruned"
+    cli("prune", f"recipe={args.recipe}", *data, "prune=wanda", "prune.sparsity=0.5", f"out={pruned}")
+    model = [f"model.path={pruned}", "model.init=pretrained"]
+    rows = {"all (pruned)": ["selection=none"], "random (pruned)": ["selection=random"],
+            "paser (pruned)": ["selection=paser", f"selection.original={args.original}"]}
+    return [measure(name, [*ov, *model], data, kinds, args) for name, ov in rows.items()]
+
+
+def skillit(args) -> list[list]:
+    """Skill-it's mixture against a uniform one on two skills (addition, subtraction), the same steps each."""
+    rows = []
+    for name, overrides in SKILLIT.items():
+        s, _ = read(train(f"recipe={args.skill_recipe}", *overrides, f"trainer.max_steps={args.steps}",
+                          "trainer.eval_at_start=false"))
+        e = s.get("eval", {})
+        rows.append([name, *(f"{e.get(k, float('nan')):.1%}" for k in ("exact_match/add", "exact_match/sub",
+                                                                       "exact_match")),
+                     f"{e.get('eval_loss', float('nan')):.3f}", f"{s['phase_s'].get('selection', 0.0):.1f}",
+                     f"{s['wall_time_s']:.0f}"])
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--methods", default=None, help=f"comma-separated rows (default: all of {', '.join(METHODS)})")
+    ap.add_argument("--parts", default="noisy,paser,skillit", help="noisy (the pool table), paser, skillit")
+    ap.add_argument("--methods", default=None, help=f"noisy table rows (default: all of {', '.join(METHODS)})")
     ap.add_argument("--pool", type=int, default=1000, help="rows in the pool")
     ap.add_argument("--keep", type=float, default=0.2, help="share of the pool each selector keeps")
     ap.add_argument("--steps", type=int, default=30, help="optimizer steps per row (batch 16: 480 samples)")
     ap.add_argument("--recipe", default="quickstart", help="recipe every row trains (quickstart_tiny: smoke test)")
+    ap.add_argument("--original", default="smollm2_135m", help="paser: the recipe's unpruned model (tiny_llama: smoke)")
+    ap.add_argument("--skill-recipe", default="skillit_smollm2", help="skillit table's recipe (skillit_tiny: smoke)")
     ap.add_argument("--seed", type=int, default=0, help="pool generator seed")
     ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
@@ -139,18 +202,31 @@ def main() -> None:
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         sys.exit(f"unknown rows {unknown}: choose from {', '.join(METHODS)}")
+    command = "bench/selection_compare.py " + " ".join(sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="tuneforge-bench-selection-"))
     pool, ev, kinds = write_pool(tmp, args.pool, args.seed)
     data = ["data=jsonl", f"data.path={pool}", f"data.eval_path={ev}", "data.answer_field=answer",
             "data.checker=number", "data.max_length=128", "data.system_prompt=Answer with the number only.",
             *args.overrides]
-    rows = [measure(m, METHODS[m], data, kinds, args) for m in names]
+    pool_title = f"{args.pool} rows: {', '.join(f'{k} {v:.0%}' for k, v in SHARE.items())}; keep {args.keep:.0%}, " \
+                 f"{args.steps} steps"
+    tables = []
+    if "noisy" in args.parts:
+        if "preselect" in names:
+            METHODS["preselect"] = scorers(data, args, tmp)
+        tables.append((f"selection on a noisy pool ({pool_title})", COLUMNS,
+                       [measure(m, METHODS[m], data, kinds, args) for m in names]))
+    if "paser" in args.parts:
+        tables.append((f"PASER: recovering a 50% Wanda-pruned model on the noisy pool ({pool_title})", COLUMNS,
+                       paser(data, kinds, args, tmp)))
+    if "skillit" in args.parts:
+        tables.append((f"Skill-it: mixing addition and subtraction (recipe={args.skill_recipe}, {args.steps} steps)",
+                       SKILL_COLUMNS, skillit(args)))
     shutil.rmtree(tmp, ignore_errors=True)
-    title = f"selection on a noisy pool ({args.pool} rows: {', '.join(f'{k} {v:.0%}' for k, v in SHARE.items())}; " \
-            f"keep {args.keep:.0%}, {args.steps} steps)"
-    show(title, COLUMNS, rows)
-    if args.record:
-        record(title, "bench/selection_compare.py " + " ".join(sys.argv[1:]), rows, COLUMNS)
+    for title, columns, rows in tables:
+        show(title, columns, rows)
+        if args.record:
+            record(title, command, rows, columns)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ class Runner:
         self.skipped = self.bad_streak = 0
         self.saved_step = -1
         self.stop_signal: str | None = None
+        self.state_bytes: int | None = None  # optimizer-state bytes, kept when the engine is released before the summary
+        self.measured_peak: int | None = None  # plan.measure: the largest step peak
 
     # ---------------------------------------------------------------- phases
     def run(self) -> int:
@@ -300,7 +302,7 @@ class Runner:
             return self.train_step()
         with StepPeak(self.device) as peak:
             row = self.train_step()
-        self.measured_peak = max(getattr(self, "measured_peak", 0), peak.bytes)
+        self.measured_peak = max(self.measured_peak or 0, peak.bytes)
         return {**row, "peak_bytes": peak.bytes}
 
     def train_step(self) -> dict:
@@ -478,8 +480,8 @@ class Runner:
             "final_train_loss": self.history["loss"][-1] if self.history["loss"] else None,
             "eval_before": first if len(evals) > 1 else {}, "eval": last,
             "skipped_steps": self.skipped, "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
-            "optimizer_state_bytes": getattr(self, "state_bytes", None) or self.optimizer_state_bytes(),
-            "measured_peak_bytes": getattr(self, "measured_peak", None),
+            "optimizer_state_bytes": self.state_bytes or self.optimizer_state_bytes(),
+            "measured_peak_bytes": self.measured_peak,
             **getattr(self, "counts", {}), "world_size": dist.world(), "phase_s": self.phase_s,
             "run_dir": str(self.run_dir), "error": error,
             **({"harness": self.harness} if getattr(self, "harness", None) else {}),

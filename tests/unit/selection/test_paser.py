@@ -99,6 +99,15 @@ def test_a_missing_original_or_an_unpruned_model_is_refused_before_loading():
         compose(["recipe=paser_tiny", "prune=none"])
 
 
+def test_a_model_pruned_beforehand_keeps_its_preset_name_and_is_accepted(tmp_path):
+    """model.path=DIR (from `tuneforge prune`) keeps the preset's name: only the weights decide it is not the original."""
+    from tuneforge.config.compose import compose
+
+    (tmp_path / "config.json").write_text("{}")
+    cfg = compose(["recipe=paser_tiny", "prune=none", "model.init=pretrained", f"model.path={tmp_path}"])
+    assert cfg.model.name == cfg.selection.original == "tiny_llama" and cfg.model.path == str(tmp_path)
+
+
 def test_paser_tiny_selects_and_recovers(tmp_path):
     """The tiny twin: prune the run's Llama by half (its prune stage), select B = 12 of 24 samples, train 6 steps (pinned losses)."""
     from tests.conftest import train_here, train_losses

@@ -70,7 +70,8 @@ class PaserSelectionSpec(Spec):
     def cross_problems(self, specs):
         out = []
         m, pruned = specs.get("model"), getattr(specs.get("prune"), "name", "none") != "none"
-        if self.original and m is not None and self.original in (m.name, m.path) and not pruned:
+        # the run's model is its original when it loads the same weights: model.path=DIR keeps the preset's name
+        if self.original and m is not None and original_spec(self.original).path == m.path and not pruned:
             out.append(f"selection.original={self.original} is the run's own model and the run prunes nothing: "
                        "every divergence would be 0; prune in the run (prune=wanda prune.sparsity=0.5) or point "
                        "`model` at a pruned model (model.path=DIR, from `tuneforge prune`)")
@@ -88,6 +89,19 @@ class PaserSelectionSpec(Spec):
                 out += [p.replace("model.path", "selection.original", 1)
                         for p in preflight(ModelSpec(name="original", path=self.original))]
         return out
+
+
+def original_spec(ref: str):
+    """The ModelSpec of `selection.original`: a preset from configs/model/, else a path / hub id."""
+    from omegaconf import OmegaConf
+
+    from tuneforge.config.compose import config_dirs, options
+    from tuneforge.config.schema import ModelSpec
+
+    if ref in options("model"):
+        node = OmegaConf.merge(OmegaConf.structured(ModelSpec), OmegaConf.load(config_dirs()[0] / "model" / f"{ref}.yaml"))
+        return OmegaConf.to_object(node)
+    return ModelSpec(name="original", path=ref)
 
 
 @register("selection", "paser", config=PaserSelectionSpec)

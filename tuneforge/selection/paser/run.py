@@ -8,6 +8,7 @@ import torch
 from tuneforge.data.batching import collate
 from tuneforge.errors import RunError
 from tuneforge.selection import keep_count
+from tuneforge.selection.paser import original_spec
 from tuneforge.selection.paser.steps import (
     ConceptGraph,
     allocate,
@@ -16,19 +17,6 @@ from tuneforge.selection.paser.steps import (
     spectral_nmf_clusters,
     token_jsd,
 )
-
-
-def original_spec(ref: str):
-    """The ModelSpec of `selection.original`: a preset from configs/model/, else a path / hub id."""
-    from omegaconf import OmegaConf
-
-    from tuneforge.config.compose import config_dirs, options
-    from tuneforge.config.schema import ModelSpec
-
-    if ref in options("model"):
-        node = OmegaConf.merge(OmegaConf.structured(ModelSpec), OmegaConf.load(config_dirs()[0] / "model" / f"{ref}.yaml"))
-        return OmegaConf.to_object(node)
-    return ModelSpec(name="original", path=ref)
 
 
 def load_original(ref: str, seed: int, tok, like: torch.nn.Module) -> torch.nn.Module:
