@@ -17,8 +17,9 @@ the run's wall time.
 
 Methods that need another model or axis:
 - `preselect` scores the pool with 3 models of known benchmark order: the same recipe trained on the whole pool
-  for 5, 12 and `--steps` steps (run directories, exported; ranked by their eval loss). Their training is not in
-  the row's `selection s`; the script prints it.
+  for 5, 12 and `--steps` steps (run directories, exported; ranked by their eval loss). Checkpoints of one run
+  agree on most documents, so the classifier's labels are the top and bottom 10% by strength
+  (`selection.label_share=0.1`). The scoring runs' training is not in the row's `selection s`; the script prints it.
 - `--parts paser`: its own table. The recipe's model is pruned once (Wanda, 50%), and the pruned model is
   recovered for `--steps` steps on the whole pool, on random 20% and on PASER's 20% (original: `--original`).
 - `--parts skillit`: its own table. Skill-it mixes skills (data.tasks), which the noisy pool does not label, so it
@@ -133,7 +134,7 @@ def scorers(data: list[str], args, tmp: Path) -> list[str]:
         dirs.append(str(run_dir))
     print(f"preselect: 3 scoring runs trained and exported in {time.perf_counter() - start:.0f} s")
     return ["selection=preselect", f"selection.models=[{','.join(repr(d) for d in dirs)}]",
-            "selection.metric=eval_loss"]
+            "selection.metric=eval_loss", "selection.label_share=0.1"]
 
 
 def measure(name: str, overrides: list[str], data: list[str], kinds: list[str], args) -> list:
@@ -210,23 +211,24 @@ def main() -> None:
             *args.overrides]
     pool_title = f"{args.pool} rows: {', '.join(f'{k} {v:.0%}' for k, v in SHARE.items())}; keep {args.keep:.0%}, " \
                  f"{args.steps} steps"
-    tables = []
-    if "noisy" in args.parts:
-        if "preselect" in names:
-            METHODS["preselect"] = scorers(data, args, tmp)
-        tables.append((f"selection on a noisy pool ({pool_title})", COLUMNS,
-                       [measure(m, METHODS[m], data, kinds, args) for m in names]))
-    if "paser" in args.parts:
-        tables.append((f"PASER: recovering a 50% Wanda-pruned model on the noisy pool ({pool_title})", COLUMNS,
-                       paser(data, kinds, args, tmp)))
-    if "skillit" in args.parts:
-        tables.append((f"Skill-it: mixing addition and subtraction (recipe={args.skill_recipe}, {args.steps} steps)",
-                       SKILL_COLUMNS, skillit(args)))
-    shutil.rmtree(tmp, ignore_errors=True)
-    for title, columns, rows in tables:
+
+    def done(title: str, columns: list[str], rows: list[list]) -> None:  # each table is kept as soon as it is done
         show(title, columns, rows)
         if args.record:
             record(title, command, rows, columns)
+
+    if "noisy" in args.parts:
+        if "preselect" in names:
+            METHODS["preselect"] = scorers(data, args, tmp)
+        done(f"selection on a noisy pool ({pool_title})", COLUMNS,
+             [measure(m, METHODS[m], data, kinds, args) for m in names])
+    if "paser" in args.parts:
+        done(f"PASER: recovering a 50% Wanda-pruned model on the noisy pool ({pool_title})", COLUMNS,
+             paser(data, kinds, args, tmp))
+    if "skillit" in args.parts:
+        done(f"Skill-it: mixing addition and subtraction (recipe={args.skill_recipe}, {args.steps} steps)",
+             SKILL_COLUMNS, skillit(args))
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
