@@ -45,3 +45,18 @@ def test_a_run_records_and_prints_the_choice(tmp_path, monkeypatch, cpu):
     first = (run / "train.log").read_text().splitlines()[0]
     assert f"precision={want} (auto: " in first and why in first, first
     assert len(train_losses(run)) == 2
+
+
+@pytest.mark.parametrize("cpu", ["avx512_bf16", "avx2 only"])
+def test_the_offline_evaluator_decides_auto_too(monkeypatch, cpu):
+    """Merge search and benches evaluate from a fresh compose, where no run has decided precision=auto yet."""
+    from tuneforge.models.load import load_model, load_tokenizer
+    from tuneforge.runner.offline import evaluator
+
+    flags, want, _ = CPUS[cpu]
+    monkeypatch.setenv("TUNEFORGE_CPU_FLAGS", flags)
+    specs = build_specs(compose(["recipe=quickstart_tiny", "precision=auto", "data.n_eval=2",
+                                 "trainer.max_new_tokens=2"]))
+    tok = load_tokenizer(specs["model"])
+    row = evaluator(specs, tok)(load_model(specs["model"], seed=0, vocab_size=len(tok)).eval())
+    assert specs["precision"].compute == want and row["eval_loss"] > 0
