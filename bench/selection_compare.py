@@ -20,8 +20,9 @@ Methods that need another model or axis:
   for 5, 12 and `--steps` steps (run directories, exported; ranked by their eval loss). Checkpoints of one run
   agree on most documents, so the classifier's labels are the top and bottom 10% by strength
   (`selection.label_share=0.1`). The scoring runs' training is not in the row's `selection s`; the script prints it.
-- `--parts paser`: its own table. The recipe's model is pruned once (Wanda, 50%), and the pruned model is
-  recovered for `--steps` steps on the whole pool, on random 20% and on PASER's 20% (original: `--original`).
+- `--parts paser`: its own table. The recipe's model is pruned once (Wanda, 50%, 32 calibration windows of 512
+  tokens), and the pruned model is recovered for `--steps` steps on the whole pool, on random 20% and on PASER's
+  20% (original: `--original`).
 - `--parts skillit`: its own table. Skill-it mixes skills (data.tasks), which the noisy pool does not label, so it
   trains `--skill-recipe` (quickstart addition + subtraction as two skills) beside the same recipe with a uniform
   mixture (selection=none) and with the identity skills graph; columns are exact match per skill.
@@ -63,6 +64,7 @@ METHODS = {
     "preselect": None,  # scorers(): three scoring runs first
 }
 PRESELECT_STEPS = (5, 12)  # the scoring runs' steps, besides --steps
+CALIBRATION = ["prune.n_samples=32", "prune.seqlen=512"]  # PASER table: Wanda on 32 windows of the pool (~16k tokens)
 SKILLIT = {"uniform mixture (selection=none)": ["selection=none"],
            "skillit, identity graph": ["selection.graph=identity"],
            "skillit, learned graph": []}
@@ -164,7 +166,7 @@ SKILL_COLUMNS = ["mixture", "exact match add", "exact match sub", "exact match b
 def paser(data: list[str], kinds: list[str], args, tmp: Path) -> list[list]:
     """The recipe's model pruned once (Wanda, 50%), recovered on the whole pool, random 20% and PASER's 20%."""
     pruned = tmp / "pruned"
-    cli("prune", f"recipe={args.recipe}", *data, "prune=wanda", "prune.sparsity=0.5", f"out={pruned}")
+    cli("prune", f"recipe={args.recipe}", *data, "prune=wanda", "prune.sparsity=0.5", *CALIBRATION, f"out={pruned}")
     model = [f"model.path={pruned}", "model.init=pretrained"]
     rows = {"all (pruned)": ["selection=none"], "random (pruned)": ["selection=random"],
             "paser (pruned)": ["selection=paser", f"selection.original={args.original}"]}
