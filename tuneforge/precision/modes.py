@@ -69,6 +69,7 @@ class Precision(Hooks):
         self.spec = spec
 
     def autocast(self, device_type: str):
+        resolve(self.spec, device_type)  # compute=auto not yet decided by a run (merge search, a bench): decide here
         if self.spec.compute == "fp32" or self.spec.compute == self.spec.params:
             return contextlib.nullcontext()
         import torch

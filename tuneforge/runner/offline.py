@@ -24,7 +24,6 @@ from tuneforge.data.encode import encode
 from tuneforge.errors import InputError, RunError
 from tuneforge.export.base import ExportContext, run_stages
 from tuneforge.models.load import load_model, load_tokenizer
-from tuneforge.precision.modes import resolve
 from tuneforge.prune import report, stage
 from tuneforge.runner import evaluate
 from tuneforge.runner.model import rebuild
@@ -39,7 +38,6 @@ def evaluator(specs: dict, tok):
     loaded = registry.build("data", data).load(t.seed)
     examples = loaded.eval[: t.eval_max_samples or None]
     samples = encode(examples, tok, data, loaded.report)
-    resolve(specs["precision"], "cpu")  # precision=auto from a fresh compose (merge search, a bench): decide here
     autocast = registry.build("precision", specs["precision"]).autocast("cpu")
 
     def run(model) -> dict:
