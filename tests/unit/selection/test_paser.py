@@ -106,6 +106,7 @@ def test_a_model_pruned_beforehand_keeps_its_preset_name_and_is_accepted(tmp_pat
     (tmp_path / "config.json").write_text("{}")
     cfg = compose(["recipe=paser_tiny", "prune=none", "model.init=pretrained", f"model.path={tmp_path}"])
     assert cfg.model.name == cfg.selection.original == "tiny_llama" and cfg.model.path == str(tmp_path)
+    compose(["recipe=paser_tiny", "prune=none", "model=tiny_gqa"])  # another random-init preset: other weights
 
 
 def test_paser_tiny_selects_and_recovers(tmp_path):

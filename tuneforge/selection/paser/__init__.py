@@ -70,8 +70,7 @@ class PaserSelectionSpec(Spec):
     def cross_problems(self, specs):
         out = []
         m, pruned = specs.get("model"), getattr(specs.get("prune"), "name", "none") != "none"
-        # the run's model is its original when it loads the same weights: model.path=DIR keeps the preset's name
-        if self.original and m is not None and original_spec(self.original).path == m.path and not pruned:
+        if self.original and m is not None and same_weights(original_spec(self.original), m) and not pruned:
             out.append(f"selection.original={self.original} is the run's own model and the run prunes nothing: "
                        "every divergence would be 0; prune in the run (prune=wanda prune.sparsity=0.5) or point "
                        "`model` at a pruned model (model.path=DIR, from `tuneforge prune`)")
@@ -89,6 +88,12 @@ class PaserSelectionSpec(Spec):
                 out += [p.replace("model.path", "selection.original", 1)
                         for p in preflight(ModelSpec(name="original", path=self.original))]
         return out
+
+
+def same_weights(original, model) -> bool:
+    """Whether two ModelSpecs load the same weights: the same path, or (random-init presets, no path) the same
+    preset. Not the name alone: model.path=DIR (a pruned copy) keeps the preset's name."""
+    return original.path == model.path if original.path else (not model.path and original.name == model.name)
 
 
 def original_spec(ref: str):
