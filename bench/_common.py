@@ -13,6 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 
+def cli(*args: str) -> None:
+    """Run `tuneforge <args>` (prune, export, merge ...); exit with its output if it fails."""
+    proc = subprocess.run([sys.executable, "-m", "tuneforge", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"tuneforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
 def train(*overrides: str, cwd: Path | None = None) -> Path:
     """Run `tuneforge train` and return its run directory."""
     cwd = Path(cwd or tempfile.mkdtemp(prefix="tuneforge-bench-"))

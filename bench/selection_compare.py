@@ -34,14 +34,13 @@ import argparse
 import json
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import read, show, train  # noqa: E402
+from _common import cli, read, show, train  # noqa: E402
 from peft_compare import record  # noqa: E402
 
 from tuneforge.data.quickstart import problem  # noqa: E402
@@ -118,20 +117,15 @@ def final_choice(run_dir: Path) -> list[int] | None:
     return json.loads(first.read_text())["chosen"] if first.is_file() else None
 
 
-def cli(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tuneforge", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"tuneforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-
-
 def scorers(data: list[str], args, tmp: Path) -> list[str]:
     """PreSelect's scoring models: the recipe trained on the whole pool for 5, 12 and --steps steps, exported (their
     summaries' eval loss is the benchmark order)."""
     start, dirs = time.perf_counter(), []
     for steps in (*PRESELECT_STEPS, args.steps):
-        (tmp / f"scorer-{steps}").mkdir()
+        cwd = tmp / f"scorer-{steps}"
+        cwd.mkdir()
         run_dir = train(f"recipe={args.recipe}", *data, "selection=none", f"trainer.max_steps={steps}",
-                        "trainer.eval_at_start=false", cwd=tmp / f"scorer-{steps}")
+                        "trainer.eval_at_start=false", cwd=cwd)
         cli("export", f"run_dir={run_dir}")
         dirs.append(str(run_dir))
     print(f"preselect: 3 scoring runs trained and exported in {time.perf_counter() - start:.0f} s")

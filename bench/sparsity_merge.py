@@ -21,13 +21,12 @@ import argparse
 import json
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import read, show, train  # noqa: E402
+from _common import cli, read, show, train  # noqa: E402
 from peft_compare import record  # noqa: E402
 
 PRUNERS = ["magnitude", "wanda", "sparsegpt", "dsnot"]
@@ -35,12 +34,6 @@ PATTERNS = {"50% unstructured": ["prune.sparsity=0.5"], "2:4": ["prune.sparsity=
 CALIBRATION = ["prune.n_samples=128", "prune.seqlen=512"]  # the recipe's data is ~80k tokens: 128 x 512 fits
 MERGES = ["task_arithmetic", "ties", "dare", "pcb", "lines"]
 BOTH = ["data.ops=[+,-]", "data.tasks=[add,sub]"]  # held-out problems of both operations, scored per task
-
-
-def cli(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tuneforge", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"tuneforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
 def evaluate(model_dir: Path | None, recipe: str, overrides: list[str]) -> dict:
