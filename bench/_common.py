@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,8 +23,11 @@ def cli(*args: str) -> None:
 
 
 def train(*overrides: str, cwd: Path | None = None) -> Path:
-    """Run `tuneforge train` and return its run directory."""
-    cwd = Path(cwd or tempfile.mkdtemp(prefix="tuneforge-bench-"))
+    """Run `tuneforge train` and return its run directory. Without `cwd` the run goes to a temporary folder that is
+    removed when the benchmark exits (~0.2-2 GB of checkpoints per run; benchmarks read their numbers in-process)."""
+    if cwd is None:
+        cwd = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
+        atexit.register(shutil.rmtree, cwd, ignore_errors=True)
     proc = subprocess.run([sys.executable, "-m", "tuneforge", "train", *overrides, "logger.progress=false"],
                           cwd=cwd, capture_output=True, text=True)
     run_dir = next((ln[len("run dir: "):].strip() for ln in proc.stdout.splitlines() if ln.startswith("run dir: ")), None)
@@ -44,7 +49,11 @@ def machine() -> str:
         cpu = platform.processor()
     import os
 
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from tuneforge.hardware import cpu_flags
+
+    flags = cpu_flags() or set()
+    wide = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags] or ["no AVX-512"]
+    return f"{cpu} ({', '.join(wide)}), {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def show(title: str, columns: list[str], rows: list[list]) -> None:

@@ -4,8 +4,8 @@ and what each merge of an addition and a subtraction fine-tune keeps of both.
     .venv/bin/python bench/sparsity_merge.py [--parts sparsity,merge] [--steps 30] [--recipe quickstart] [--record]
 
 Sparsity: for 50% unstructured and 2:4, each pruner (`tuneforge prune model=... prune=<m> out=DIR`, calibrated on
-the recipe's training data) is evaluated as pruned, then recovered with PERP (`peft=perp model.path=DIR`, the same
-steps for every row). PST (`peft=pst`: sparse fine-tuning from the dense model to 50%) is a row of its own; the dense
+32 windows of 512 tokens of the recipe's training data) is evaluated as pruned, then recovered with PERP
+(`peft=perp model.path=DIR`, the same steps for every row). PST (`peft=pst`: sparse fine-tuning from the dense model to 50%) is a row of its own; the dense
 row is the base model and its LoRA fine-tune. Columns: the pruned linears' measured sparsity, held-out perplexity
 (exp of the eval loss on the recipe's held-out problems: answer tokens) and exact match, before and after recovery.
 
@@ -31,7 +31,9 @@ from peft_compare import record  # noqa: E402
 
 PRUNERS = ["magnitude", "wanda", "sparsegpt", "dsnot"]
 PATTERNS = {"50% unstructured": ["prune.sparsity=0.5"], "2:4": ["prune.sparsity=0.5", "prune.pattern=2:4"]}
-CALIBRATION = ["prune.n_samples=128", "prune.seqlen=512"]  # the recipe's data is ~80k tokens: 128 x 512 fits
+# 32 windows of 512 tokens (~16k of the recipe's ~80k training tokens), as in selection_compare's PASER table: on a
+# 2-core CPU each prune then takes minutes (128 windows, the pruners' default, took >20 CPU-min per pruner)
+CALIBRATION = ["prune.n_samples=32", "prune.seqlen=512"]
 MERGES = ["task_arithmetic", "ties", "dare", "pcb", "lines"]
 BOTH = ["data.ops=[+,-]", "data.tasks=[add,sub]"]  # held-out problems of both operations, scored per task
 
