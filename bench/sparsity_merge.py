@@ -5,9 +5,10 @@ and what each merge of an addition and a subtraction fine-tune keeps of both.
 
 Sparsity: for 50% unstructured and 2:4, each pruner (`tuneforge prune model=... prune=<m> out=DIR`, calibrated on
 32 windows of 512 tokens of the recipe's training data) is evaluated as pruned, then recovered with PERP
-(`peft=perp model.path=DIR`, the same steps for every row). PST (`peft=pst`: sparse fine-tuning from the dense model to 50%) is a row of its own; the dense
-row is the base model and its LoRA fine-tune. Columns: the pruned linears' measured sparsity, held-out perplexity
-(exp of the eval loss on the recipe's held-out problems: answer tokens) and exact match, before and after recovery.
+(`peft=perp model.path=DIR`, the same steps for every row). PST (`peft=pst`: sparse fine-tuning from the dense
+model to 50%) is a row of its own; the dense row is the base model and its LoRA fine-tune. Columns: the pruned
+linears' measured sparsity, held-out perplexity (exp of the eval loss on the recipe's held-out problems: answer
+tokens) and exact match, before and after recovery.
 
 Merge: one run on addition problems, one on subtraction (`data.ops=[+]`, `[-]`) and one multi-task run on both,
 the same steps each; every merge method (`tuneforge merge add sub merge=<m>`, default coefficients, no search) is
