@@ -6,8 +6,9 @@ Runs the phases of `Runner` one by one on the peer-compare job (SmolLM2-135M, GS
 LoRA by default; any override such as peft=full or precision=fp32 applies) and, around each, resets the kernel's
 peak-RSS counter (`/proc/self/clear_refs` 5) so each phase's VmHWM is its own peak. Also: the bytes autograd
 saves for backward in one micro-batch (SavedForBackward), split into the decoder's and the head+loss's, the
-size of the answer-token logits, and the live RSS after training (what the allocator kept). Run it under
-different allocator settings (MALLOC_ARENA_MAX=2, MALLOC_MMAP_THRESHOLD_=..., LD_PRELOAD=jemalloc) to compare.
+size of the answer-token logits, the seconds per training step, and the live RSS after training (what the
+allocator kept). It restarts on jemalloc where installed, as the `tuneforge` command does; compare allocators with
+TUNEFORGE_ALLOCATOR=system and glibc's settings (MALLOC_MMAP_THRESHOLD_=..., MALLOC_ARENA_MAX=2).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,8 +68,11 @@ def main() -> None:
     import shutil
 
     from tuneforge.config.run import Run
+    from tuneforge.hardware import allocator, preload_jemalloc
     from tuneforge.runner.runner import Runner
     from tuneforge.runner.start import prepare_run_dir
+
+    preload_jemalloc(sys.orig_argv[1:])  # as the `tuneforge` command does (TUNEFORGE_ALLOCATOR=system: not)
 
     data = next(p for p in DATA_CANDIDATES if p.is_dir())
     shutil.rmtree(args.out, ignore_errors=True)
@@ -78,7 +83,7 @@ def main() -> None:
                        "logger.progress=false", *args.overrides])
     prepare_run_dir(run)
     r = Runner(run)
-    report = {"imports_rss_mb": status("VmRSS")}
+    report = {"allocator": allocator(), "imports_rss_mb": status("VmRSS")}
     for phase in (r.setup, r.select_data, r.build_model, r.build_engine):
         reset_peak()
         phase()
@@ -87,8 +92,10 @@ def main() -> None:
     report.update(saved_bytes(r))
     reset_peak()
     r.console.start(r.total_steps, r.step)
+    t0 = time.perf_counter()
     while r.step < r.total_steps:
         r.train_step()
+    report["train_s_per_step"] = (time.perf_counter() - t0) / max(r.total_steps, 1)
     r.console.stop()
     report["train_steps_peak_mb"], report["rss_after_train_mb"] = status("VmHWM"), status("VmRSS")
     reset_peak()

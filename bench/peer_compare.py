@@ -7,7 +7,8 @@ turns, loss on the answer only (TRL: the conversational prompt/completion format
 LoRA r=16 alpha=32 on all linear layers (or full fine-tuning, or LISA gamma 2); micro-batch 4, max length
 `--max-len`, lr 1e-4 cosine (5% warm-up for both), one epoch, CPU; TRL pads to the longest sample of a batch.
 Each row runs in its own process (`--child`, so its peak RSS is its own: VmHWM read when training ends) one
-after another, so no two compete for the cores.
+after another, so no two compete for the cores. A tuneforge row's process restarts on jemalloc where it is
+installed, as the `tuneforge` command does (TUNEFORGE_ALLOCATOR=system: not); TRL's runs on the C library's malloc.
 
 Columns: train seconds (the training loop only, after loading and tokenizing); real tokens/s (the non-pad
 tokens of the training inputs over train seconds, counted from each tool's own inputs: the table shows both
@@ -194,6 +195,11 @@ def run_trl(job: dict) -> dict:
 
 def child(job: dict) -> None:
     from transformers import AutoTokenizer
+
+    if job["tool"] == "tuneforge":  # what `tuneforge train` does first: restart on jemalloc where installed
+        from tuneforge.hardware import preload_jemalloc
+
+        preload_jemalloc(sys.orig_argv[1:])
 
     result = (run_trl if job["tool"] == "trl" else run_tuneforge)(job)
     model = result.pop("model")

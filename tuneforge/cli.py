@@ -30,6 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from tuneforge import hardware
 from tuneforge.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError, RunError
 
 
@@ -339,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     from tuneforge.logging.secrets import redact
 
     args = parser().parse_args(argv)
+    if argv is None and (problem := hardware.preload_jemalloc(sys.orig_argv[1:])):  # the command line itself
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(problem)}")
+        return EXIT_BAD_INPUT
     quiet_libraries()
     try:
         return COMMANDS[args.command](args)

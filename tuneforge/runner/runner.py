@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from rich.markup import escape
 
-from tuneforge import registry, selection
+from tuneforge import hardware, registry, selection
 from tuneforge.config.run import Run
 from tuneforge.data.batching import collate
 from tuneforge.data.cache import encode_cached
@@ -137,7 +137,7 @@ class Runner:
         self.autocast = lambda: self.precision.autocast(self.device)
         p = self.specs["precision"]
         self.console.print(f"[bold]tuneforge[/] recipe={self.cfg.recipe} ranks={dist.world()} device={self.device} "
-                           f"precision={p.chosen or p.name} run_dir={self.run_dir}")
+                           f"precision={p.chosen or p.name} allocator={hardware.allocator()} run_dir={self.run_dir}")
 
     def select_data(self) -> None:
         spec = self.specs["data"]
@@ -481,7 +481,7 @@ class Runner:
             "eval_before": first if len(evals) > 1 else {}, "eval": last,
             "skipped_steps": self.skipped, "wall_time_s": round(wall, 2), "peak_memory_mb": round(peak_memory_mb(getattr(self, "device", "cpu")), 1),
             "optimizer_state_bytes": self.state_bytes or self.optimizer_state_bytes(),
-            "measured_peak_bytes": self.measured_peak,
+            "measured_peak_bytes": self.measured_peak, "allocator": hardware.allocator(),
             **getattr(self, "counts", {}), "world_size": dist.world(), "phase_s": self.phase_s,
             "run_dir": str(self.run_dir), "error": error,
             **({"harness": self.harness} if getattr(self, "harness", None) else {}),
