@@ -59,7 +59,6 @@ def fp8_kernels(device: str) -> tuple[bool, str]:
     return has, f"CUDA device {name} has compute capability {cc[0]}.{cc[1]} ({'>=' if has else '<'} 8.9)"
 
 
-
 # ------------------------------------------------------------------ the allocator
 ALLOCATORS = ("auto", "jemalloc", "system")
 
