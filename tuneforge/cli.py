@@ -340,11 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     from tuneforge.logging.secrets import redact
 
     args = parser().parse_args(argv)
-    if argv is None and (problem := hardware.preload_jemalloc(sys.orig_argv[1:])):  # the command line itself
-        _console(stderr=True).print(f"[bold red]error:[/] {escape(problem)}")
-        return EXIT_BAD_INPUT
     quiet_libraries()
     try:
+        if argv is None and (problem := hardware.preload_jemalloc(sys.orig_argv[1:])):  # the command line itself
+            raise InputError(problem)
         return COMMANDS[args.command](args)
     except InputError as e:
         _console(stderr=True).print(f"[bold red]error:[/] {escape(redact(e.render()))}")
