@@ -88,7 +88,7 @@ def preload_jemalloc(argv: list[str]) -> str | None:
     glibc's malloc keeps the pages of freed activations resident: on a SmolLM2-135M LoRA job (docs/performance.md)
     a training step peaked at 4.6 GB of resident memory and 4.1 GB stayed resident after training, with 1.2 GB
     saved for backward. jemalloc ran the same steps at the same speed with a 3.9 GB peak, 2.0 GB after. glibc's
-    own knob (a fixed MALLOC_MMAP_THRESHOLD_) kept less (3.6 GB) but made each step 1.6-2x slower (page faults).
+    own knob (a fixed MALLOC_MMAP_THRESHOLD_) kept less (3.6 GB) but made each step 1.6-2.2x slower (page faults).
     TUNEFORGE_ALLOCATOR: auto (default: jemalloc where it is installed, e.g. `apt install libjemalloc2`), jemalloc
     (required), system (never). Ranks started by the launchers inherit LD_PRELOAD."""
     want = os.environ.get("TUNEFORGE_ALLOCATOR", "auto")
