@@ -28,8 +28,8 @@ class DataSpec(Spec):
     overlength: str = knob("drop", "samples over max_length: drop, truncate, or error")
     bad_rows: str = knob("skip", "malformed rows (bad JSON, missing fields, empty): skip (and report) or error")
     packing: bool = knob(False, "pack several samples per sequence (attention never crosses samples)")
-    bucket: bool = knob(False, "without packing: batch samples of similar length together (less padding; "
-                               "docs/performance.md)")
+    bucket: bool = knob(True, "batch samples of similar length together (less padding; no effect with packing, "
+                              "whose sequences are full packs; docs/performance.md)")
     limit: int = knob(0, "use at most this many rows of path (0: all)")
     system_prompt: Optional[str] = knob(None, "system message added to chat samples that have none")
     checker: str = knob("none", "answer checker for generation-based exact match: none, number, exact")
@@ -40,9 +40,6 @@ class DataSpec(Spec):
         out = self.task_problems() + one_of(self, "overlength", ("drop", "truncate", "error")) + one_of(self, "bad_rows", ("skip", "error"))
         out += one_of(self, "checker", ("none", "number", "exact"))
         out += positive(self, "max_length") + positive(self, "limit", "eval_split", allow_zero=True)
-        if self.bucket and self.packing:
-            out.append("data.bucket=true groups unpacked samples by length, but data.packing=true makes every sequence "
-                       "a full pack: set data.bucket=false or data.packing=false")
         if self.needs_path and not self.path:
             out.append(f"data.path is required for data={self.name}: set data.path=/path/to/train.jsonl "
                        f"(samples ship in pkg://tuneforge/data/examples/)")

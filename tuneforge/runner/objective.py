@@ -11,6 +11,12 @@ compute and memory of a step, and never enter the loss. There the head and the l
 `loss_chunk` tokens at a time and recomputed in backward (`models/chunked_loss.py`), so no [tokens, vocab]
 tensor is kept for backward (trainer.loss_chunk=0: in one piece). Other families go through the model's own
 forward.
+
+Batches are right-padded (data/batching.collate), so under the causal mask no real position ever attends to
+padding: for the plain causal decoders the padding mask is dropped and attention runs its causal kernel (SDPA
+is_causal: ~4% of a SmolLM2 LoRA step on CPU, docs/performance.md). Padded positions then attend to the real
+tokens before them, but they carry no label, so the loss and every gradient are unchanged. Packed batches keep
+their block-diagonal mask.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class CausalLM(nn.Module):
 
     def _mask(self, attention_mask, segments):
         if segments is None:
-            return attention_mask
+            return None if self.sparse_head else attention_mask
         impl = getattr(unwrap(self.lm).config, "_attn_implementation", "sdpa")
         dtype = None if impl == "sdpa" else next(self.lm.parameters()).dtype
         return packed_attention_mask(segments, dtype)

@@ -80,11 +80,17 @@ def test_bucketing_pads_less_and_keeps_each_epochs_samples_and_global_batches():
         assert step_samples(splits[0], step) == step_samples(splits[1], step) == step_samples(splits[2], step)
 
 
-def test_bucketing_with_packing_is_refused():
-    import pytest
+def test_bucketing_is_the_default_and_packing_turns_it_off():
+    """Unpacked samples are batched by length unless data.bucket=false; packs are all max_length long, so with
+    data.packing=true the plan is the plain shuffle (and the combination is not an error)."""
+    from types import SimpleNamespace
 
     from tuneforge.config.compose import build_specs, compose
-    from tuneforge.errors import InputError
+    from tuneforge.runner.trainset import TrainSet
 
-    with pytest.raises(InputError, match="data.bucket=true groups unpacked samples"):
-        build_specs(compose(["data.bucket=true", "data.packing=true"]))
+    rows = [Sample(list(range(n + 2)), list(range(n + 2))) for n in range(16)]
+    trainer = SimpleNamespace(micro_batch_size=2, grad_accum=1, seed=0)
+    for packing, bucketed in ((False, True), (True, False)):
+        spec = build_specs(compose([f"data.packing={str(packing).lower()}"]))["data"]
+        assert spec.bucket is True
+        assert (TrainSet(rows, spec, trainer, world=1).plan.lengths is not None) is bucketed

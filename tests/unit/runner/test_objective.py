@@ -26,9 +26,18 @@ def test_sparse_head_loss_equals_hf_loss(tiny_model_factory, tokenizer, samples,
     obj = CausalLM(model)
     assert obj.sparse_head
     batch = collate(samples, tokenizer.pad_token_id)
+    assert obj._mask(batch["attention_mask"], None) is None  # right padding: the causal kernel, no padding mask
     ours = obj(**batch)
+    ours.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    # the reference: HF's own loss on the padded batch with its padding mask
     hf = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    hf.backward()
     torch.testing.assert_close(ours, hf, rtol=1e-6, atol=1e-6)
+    for mine, ref in zip(grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+    model.zero_grad()
     obj.sparse_head = False
     torch.testing.assert_close(obj(**batch), hf, rtol=1e-6, atol=1e-6)
 
