@@ -1,6 +1,6 @@
 """Where a tuneforge run's peak memory goes: the peak RSS of each phase of one run, in one process.
 
-    .venv/bin/python bench/memory_profile.py [--rows 32] [--max-len 512] [--steps 8] [--repeat 1] [key=value ...]
+    .venv/bin/python bench/memory_profile.py [--rows 32] [--max-len 512] [--steps 8] [--ops 0] [key=value ...]
 
 Runs the phases of `Runner` one by one on the peer-compare job (SmolLM2-135M, GSM8K rows, answer-only loss,
 LoRA by default; any override such as peft=full or precision=fp32 applies) and, around each, resets the kernel's
@@ -9,6 +9,8 @@ saves for backward in one micro-batch (SavedForBackward), split into the decoder
 size of the answer-token logits, the seconds per training step, and the live RSS after training (what the
 allocator kept). It restarts on jemalloc where installed, as the `tuneforge` command does; compare allocators with
 TUNEFORGE_ALLOCATOR=system and glibc's settings (MALLOC_MMAP_THRESHOLD_=..., MALLOC_ARENA_MAX=2).
+`--ops N` also prints where the time of N micro-batches' forward + backward goes (torch.profiler, the top
+operators by self CPU time) before training.
 """
 
 from __future__ import annotations
@@ -57,11 +59,30 @@ def saved_bytes(runner) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def op_table(runner, n: int) -> str:
+    """The top operators by self CPU time over the forward + backward of the first `n` micro-batches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tuneforge.data.batching import collate
+
+    idx = [mb for s in range(runner.total_steps) for mb in runner.data.plan.micro_batches(s, 0)][:n]
+    batches = [collate([runner.data.samples[i] for i in mb], runner.tok.pad_token_id) for mb in idx]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batches:
+            with runner.autocast():
+                loss = runner.objective(**batch)
+            loss.backward()
+    runner.objective.lm.zero_grad(set_to_none=True)
+    shapes = ", ".join(str(list(b["input_ids"].shape)) for b in batches)
+    return f"micro-batches {shapes}\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--ops", type=int, default=0, help="profile this many micro-batches' operators first")
     ap.add_argument("--out", default="/tmp/tuneforge-memory-profile")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -90,6 +111,8 @@ def main() -> None:
         report[f"{phase.__name__}_peak_mb"] = status("VmHWM")
         report[f"{phase.__name__}_rss_after_mb"] = status("VmRSS")
     report.update(saved_bytes(r))
+    if args.ops:
+        print(op_table(r, args.ops))
     reset_peak()
     r.console.start(r.total_steps, r.step)
     t0 = time.perf_counter()

@@ -45,16 +45,20 @@ DATA_CANDIDATES = [ROOT.parent / "shared" / "data" / "gsm8k", ROOT.parent.parent
 LR, MICRO, WARMUP, SEED = 1e-4, 4, 0.05, 42  # WARMUP: a share of the steps, rounded the same way for both tools
 LORA = {"r": 16, "alpha": 32}
 
-# (row label, tool, kind, precision, reference label); kind: lora | full | lisa
+# (row label, tool, kind, precision, reference label); kind: lora | full | lisa; precision: a key of PRECISION
 ROWS = {
     "lora": [("TRL SFTTrainer + PEFT LoRA, fp32", "trl", "lora", "fp32", None),
              ("tuneforge LoRA, defaults (precision=auto)", "tuneforge", "lora", "auto", "trl-lora"),
-             ("tuneforge LoRA, fp32", "tuneforge", "lora", "fp32", "trl-lora")],
+             ("tuneforge LoRA, fp32", "tuneforge", "lora", "fp32", "trl-lora"),
+             ("tuneforge LoRA, bf16 weights (precision=bf16 precision.params=bf16)", "tuneforge", "lora", "bf16w",
+              "trl-lora")],
     "full": [("TRL SFTTrainer full fine-tuning, fp32", "trl", "full", "fp32", None),
              ("tuneforge full, defaults (precision=auto)", "tuneforge", "full", "auto", "trl-full"),
              ("tuneforge full, fp32", "tuneforge", "full", "fp32", "trl-full")],
     "lisa": [("tuneforge LISA gamma 2, defaults (precision=auto)", "tuneforge", "lisa", "auto", "trl-full")],
 }
+PRECISION = {"auto": ["precision=auto"], "fp32": ["precision=fp32"],
+             "bf16w": ["precision=bf16", "precision.params=bf16"]}  # bf16 weights: DeepSpeed's bf16 engine
 # (row label) -> (min tokens/s ratio, max peak ratio, max eval-loss ratio), issue 15's targets
 TARGETS = {"tuneforge LoRA, defaults (precision=auto)": (3.0, 0.5, 1.02),
            "tuneforge LoRA, fp32": (2.0, None, None),
@@ -96,7 +100,7 @@ def eval_loss(model, tok, rows: list[dict], max_len: int) -> float:
     import torch.nn.functional as F
 
     samples, total, count = answer_only(tok, rows, max_len), 0.0, 0
-    model.eval()
+    model.float().eval()  # weights trained in bf16 are evaluated in fp32 too (peak RSS was read before)
     with torch.no_grad():
         for i in range(0, len(samples), 4):
             batch = samples[i:i + 4]
@@ -142,7 +146,7 @@ def run_tuneforge(job: dict) -> dict:
     peft = {"lora": ["peft=lora", f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}"],
             "full": ["peft=full"], "lisa": ["peft=lisa", "peft.gamma=2"]}[job["kind"]]
     overrides = ["data=qa", f"data.path={job['data']}/train.jsonl", f"data.limit={job['rows']}", "data.eval_split=0",
-                 f"data.max_length={job['max_len']}", "data.cache=false", *peft, f"precision={job['precision']}",
+                 f"data.max_length={job['max_len']}", "data.cache=false", *peft, *PRECISION[job["precision"]],
                  f"optim.lr={LR}", "sched=cosine", "sched.warmup_ratio=0", f"sched.warmup_steps={warmup(job)}", f"trainer.micro_batch_size={MICRO}",
                  "trainer.epochs=1", "trainer.max_steps=-1", "trainer.log_every=1", "trainer.eval_at_start=false", "trainer.device=cpu",
                  f"trainer.seed={SEED}", f"trainer.output_dir={out / 'run'}", "logger.progress=false", *job["extra"]]
