@@ -28,8 +28,8 @@ class DataSpec(Spec):
     overlength: str = knob("drop", "samples over max_length: drop, truncate, or error")
     bad_rows: str = knob("skip", "malformed rows (bad JSON, missing fields, empty): skip (and report) or error")
     packing: bool = knob(False, "pack several samples per sequence (attention never crosses samples)")
-    bucket: bool = knob(True, "batch samples of similar length together (less padding; no effect with packing, "
-                              "whose sequences are full packs; docs/performance.md)")
+    bucket: bool = knob(False, "batch samples of similar length together (less padding, less diverse batches; no "
+                               "effect with packing, whose sequences are full packs; docs/performance.md)")
     limit: int = knob(0, "use at most this many rows of path (0: all)")
     system_prompt: Optional[str] = knob(None, "system message added to chat samples that have none")
     checker: str = knob("none", "answer checker for generation-based exact match: none, number, exact")

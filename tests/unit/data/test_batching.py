@@ -80,8 +80,8 @@ def test_bucketing_pads_less_and_keeps_each_epochs_samples_and_global_batches():
         assert step_samples(splits[0], step) == step_samples(splits[1], step) == step_samples(splits[2], step)
 
 
-def test_bucketing_is_the_default_and_packing_turns_it_off():
-    """Unpacked samples are batched by length unless data.bucket=false; packs are all max_length long, so with
+def test_bucketing_is_opt_in_and_packing_turns_it_off():
+    """Samples are batched by length only with data.bucket=true; packs are all max_length long, so with
     data.packing=true the plan is the plain shuffle (and the combination is not an error)."""
     from types import SimpleNamespace
 
@@ -90,7 +90,7 @@ def test_bucketing_is_the_default_and_packing_turns_it_off():
 
     rows = [Sample(list(range(n + 2)), list(range(n + 2))) for n in range(16)]
     trainer = SimpleNamespace(micro_batch_size=2, grad_accum=1, seed=0)
+    assert build_specs(compose([]))["data"].bucket is False
     for packing, bucketed in ((False, True), (True, False)):
-        spec = build_specs(compose([f"data.packing={str(packing).lower()}"]))["data"]
-        assert spec.bucket is True
+        spec = build_specs(compose(["data.bucket=true", f"data.packing={str(packing).lower()}"]))["data"]
         assert (TrainSet(rows, spec, trainer, world=1).plan.lengths is not None) is bucketed
