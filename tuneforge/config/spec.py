@@ -38,6 +38,8 @@ class Caps:
     element_steps: bool = False  # Adam keeps a step count per element, restarted with the rows (optim/element_step_adamw)
     needs_tasks: bool = False  # needs multi-task data (data.tasks)
     backbone_without_autograd: str = ""  # the frozen model runs without autograd (no activations kept)
+    base_matmul_only: bool = False  # its frozen base linear weights are read only by their layer's own matmul
+    #   (nn.Linear's forward): under autocast they may be stored in the compute dtype (precision.frozen_in_compute)
     # quantization
     quantized_base: str = ""  # what the base weights become, e.g. "4-bit"
     trained_with: str = ""  # the tuning method that trains such a base, e.g. "peft=qlora"

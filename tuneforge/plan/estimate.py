@@ -3,7 +3,8 @@
 Every term is what the run's own code path allocates on the device (docs/planning.md derives each):
 
 - **weights**: every parameter in `precision.params` (tied tensors once); a quantized base stores its layers'
-  linear weights as the `quant` spec's `weight_bytes` says; adapters add theirs. ZeRO-3 partitions over the
+  linear weights as the `quant` spec's `weight_bytes` says, a frozen base trained through autocast in the compute
+  dtype (`PrecisionSpec.frozen_dtype`); adapters add theirs. ZeRO-3 partitions over the
   ranks, except parameters under `stage3_param_persistence_threshold` elements (kept whole), and gathers the
   layer in use (or the largest tensor, e.g. the head during the loss's backward) plus the prefetch bucket
   (on one rank the partition is the whole tensor: nothing is gathered).
@@ -156,6 +157,8 @@ def breakdown(specs: dict, shape: Shape, s: Setting) -> dict[str, float]:
     weights = p.total * wb + (n_train * wb if adapter else 0)
     if quant.weight_bytes(1, 1) is not None:
         weights += p.n_layers * (quant.weight_bytes(p.linear_weights, p.linear_rows) - p.linear_weights * wb)
+    elif prec.compute != "auto" and prec.frozen_dtype(s.peft.caps, s.stage):  # frozen linears in the compute dtype
+        weights -= p.n_layers * p.linear_weights * (wb - cb)
     if s.stage == 3:
         persistent = sum(n for n in shape.sizes if n < s.persistence) * wb
         gathered = min(p.total, max(p.per_layer, max(shape.sizes)) + s.prefetch_bucket) * wb if world > 1 else 0

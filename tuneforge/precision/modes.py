@@ -15,6 +15,19 @@ in-training hooks (`tuneforge.hooks`), e.g. for scale bookkeeping.
   CPU has AMX/AVX512-BF16 or on GPUs). Set precision.params=bf16 to also store weights in bf16 (DeepSpeed
   bf16 engine: fp32 master weights live in the optimizer).
 - fp16: DeepSpeed fp16 engine (fp16 weights, fp32 master, dynamic loss scaling); needs a CUDA device.
+
+Frozen weights in the compute dtype (`frozen_in_compute`, on by default): autocast caches its casts of trainable
+leaves only, so it casts every frozen fp32 linear weight again on each forward and keeps that copy for backward.
+When a run trains through autocast (compute bf16/fp16, params fp32) with a method whose frozen base is read only by
+its layers' own matmuls (`Caps.base_matmul_only`: the LoRA family), `PrecisionSpec.frozen_dtype` says so and:
+- building the model (runner/model.py) rounds those weights' values to the compute dtype (`frozen_to`): exactly
+  the values autocast's matmuls use, so losses and gradients are bit-identical to the fp32-stored run;
+- a training run holds them in the compute dtype (`restore_frozen` after training): no per-forward copy, half
+  their bytes; eval and export keep the rounded values in fp32 storage, so the export merges the update into the
+  base the run trained against.
+Only `nn.Linear` weights (and biases) held by that module alone: a head tied to the embedding stays as it is (the
+embedding lookup is not autocast). Not under ZeRO-3 (it partitions the weights at load). A selector that scores
+samples with the model outside autocast keeps the rounded weights in fp32 storage.
 """
 
 from __future__ import annotations
@@ -38,12 +51,23 @@ class PrecisionSpec(Spec):
     loss_scale: float = knob(0.0, "fp16 only: static loss scale, 0 for dynamic")
     initial_scale_power: int = knob(16, "fp16 only: dynamic loss scale starts at 2**this")
     chosen: str = knob("", "written by the run when compute=auto: what it chose and why (not an input)")
+    frozen_in_compute: bool = knob(True, "under autocast, store the frozen base's linear weights in the compute "
+                                   "dtype (autocast casts them on every forward anyway: same numbers, half their "
+                                   "bytes); only for methods that read them through their own matmuls (LoRA family)")
 
     def problems(self):
         out = one_of(self, "compute", (*DTYPES, "auto")) + one_of(self, "params", DTYPES)
         if self.params == "fp16" and self.compute != "fp16":
             out.append("params=fp16 needs compute=fp16")
         return out
+
+    def frozen_dtype(self, method_caps, zero_stage: int) -> str | None:
+        """The dtype the runner stores the frozen base's linear weights in, when it is not `params` (module
+        docstring); None: they stay in `params`. Decided from the specs alone (compute already resolved)."""
+        if self.frozen_in_compute and method_caps.base_matmul_only and zero_stage < 3 and self.params == "fp32" \
+                and self.compute in ("bf16", "fp16"):
+            return self.compute
+        return None
 
 
 def resolve(spec: PrecisionSpec, device: str) -> str | None:
@@ -81,6 +105,33 @@ class Precision(Hooks):
     def apply(self, model):
         return model
 
+    def frozen_to(self, model, dtype: str, store: bool) -> int:
+        """Round the frozen linears' values to `dtype` (`PrecisionSpec.frozen_dtype`): kept in fp32 storage
+        (store=False: eval, export, a run whose selector scores outside autocast) or stored in `dtype` (training;
+        `restore_frozen` after). Returns the elements rounded."""
+        import torch
+
+        from tuneforge.models.load import torch_dtype
+
+        weights = frozen_linears(model, torch.float32)
+        for p in weights:  # new tensors: writing into weights mapped from the checkpoint file would copy its pages
+            p.data = p.data.to(torch_dtype(dtype)) if store else p.data.to(torch_dtype(dtype)).float()
+        if store:  # the loader maps the checkpoint file, and the mapping (every page read so far counting in the
+            rounded = {id(p) for p in weights}  # process's memory) lives while any tensor views it: the other
+            for t in [*model.parameters(), *model.buffers()]:  # tensors get their own copies, so it goes
+                if id(t) not in rounded:
+                    t.data = t.data.clone()
+        return sum(p.numel() for p in weights)
+
+    @staticmethod
+    def restore_frozen(model, dtype: str) -> None:
+        """Stored frozen linears back to fp32 storage, exactly (for work outside autocast once training is over,
+        e.g. the probe)."""
+        from tuneforge.models.load import torch_dtype
+
+        for p in frozen_linears(model, torch_dtype(dtype)):
+            p.data = p.data.float()
+
     def ds_section(self) -> dict:
         """DeepSpeed's mixed-precision engine section (pure)."""
         s = self.spec
@@ -93,3 +144,15 @@ class Precision(Hooks):
     def optimizer(self, groups: list[dict], optim):
         """The client optimizer for DeepSpeed (`optim`: the built `optim` group option)."""
         return optim.build(groups)
+
+
+def frozen_linears(model, dtype) -> list:
+    """The frozen `dtype` weights and biases of the `nn.Linear` modules that hold them alone (a head tied to the
+    embedding is also read by the embedding lookup, which autocast does not cast)."""
+    from collections import Counter
+
+    from torch import nn
+
+    holders = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
+    return [p for m in model.modules() if type(m) is nn.Linear for p in m.parameters(recurse=False)
+            if not p.requires_grad and p.dtype == dtype and holders[id(p)] == 1]

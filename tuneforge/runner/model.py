@@ -1,4 +1,5 @@
-"""Build the model a run trains: load -> quantize -> prune -> apply the tuning method -> precision. One function,
+"""Build the model a run trains: load -> quantize -> prune -> apply the tuning method -> precision (which may
+round a frozen base to the autocast dtype). One function,
 used by the runner and by eval/export (which rebuild a finished run's model the same way)."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from tuneforge.peft.base import MethodContext
 from tuneforge.runner.weights import FILE, load_named
 
 
-def build(specs: dict, tok, ctx: MethodContext, zero3: bool = False):
-    """(model, tuning method) for the given specs."""
+def build(specs: dict, tok, ctx: MethodContext, zero3: bool = False, store_frozen: bool = False):
+    """(model, tuning method) for the given specs. `store_frozen` (training): a frozen base rounded to the autocast
+    dtype is also stored in it (precision/modes.py)."""
     quant = registry.build("quant", specs["quant"])
     quant.compute_dtype, quant.ctx = specs["precision"].compute, ctx
     model = load_model(specs["model"], seed=specs["trainer"].seed, vocab_size=len(tok), load_kwargs=quant.load_kwargs())
@@ -20,7 +22,11 @@ def build(specs: dict, tok, ctx: MethodContext, zero3: bool = False):
     model = quant.apply(model)
     model = registry.build("prune", specs["prune"]).apply(model, ctx)  # prune=none: unchanged
     method = registry.build("peft", specs["peft"])
-    model = registry.build("precision", specs["precision"]).apply(method.apply(model, ctx))
+    precision = registry.build("precision", specs["precision"])
+    model = precision.apply(method.apply(model, ctx))
+    frozen = specs["precision"].frozen_dtype(specs["peft"].caps, specs["zero"].stage)
+    if frozen is not None:  # the frozen base's values as autocast uses them (precision/modes.py)
+        precision.frozen_to(model, frozen, store=store_frozen)
     return model, method
 
 

@@ -2,7 +2,8 @@
 
     setup         device, threads, process group, seeds, console and metrics
     select_data   load + validate rows, tokenize, select (rank 0, broadcast), pack, plan batches
-    build_model   load -> quantize -> apply the tuning method -> precision
+    build_model   load -> quantize -> apply the tuning method -> precision; frozen base linears stored in the
+                  autocast dtype where the numbers stay the same (precision/modes.py)
     build_engine  the Engine (DeepSpeed engine around the method's parameter groups); resume if asked; a
                   selector that scores samples with the model selects now
     train         the loop: hooks, micro-batches, optimizer step, log, eval, checkpoint; a step's loss is
@@ -224,13 +225,16 @@ class Runner:
         n_train, n_all = count(model)
         self.counts = {"trainable_params": n_train, "total_params": n_all}
         self.console.print(f"model: {type(model).__name__} {n_all / 1e6:.1f}M params, {n_train / 1e6:.2f}M trainable "
-                           f"({100 * n_train / max(n_all, 1):.2f}%) peft={self.specs['peft'].name}")
+                           f"({100 * n_train / max(n_all, 1):.2f}%) peft={self.specs['peft'].name}{self.frozen_note}")
 
     def make_model(self):
         """(model, tuning method): load -> quantize -> apply the method -> precision."""
         ctx = MethodContext(seed=self.t.seed, tokenizer=self.tok, train_samples=self.data.samples,
                             run_dir=self.run_dir, specs=self.specs, log=self.console.print)
-        return build_lm(self.specs, self.tok, ctx, zero3=self.zero3)
+        self.frozen = self.specs["precision"].frozen_dtype(self.specs["peft"].caps, self.specs["zero"].stage)
+        store = self.frozen is not None and not self.selector.needs_model  # a selector scores outside autocast
+        self.frozen_note = "" if self.frozen is None else f", frozen linears {'in' if store else 'rounded to'} {self.frozen}"
+        return build_lm(self.specs, self.tok, ctx, zero3=self.zero3, store_frozen=store)
 
     def build_engine(self) -> None:
         ckpt = checkpoint.resolve(self.t.resume, self.run_dir, self.console)
@@ -446,6 +450,8 @@ class Runner:
 
         ids = torch.tensor([(self.eval_samples or self.data.samples)[0].input_ids[:32]], device=self.device)
         self.engine.module.eval()
+        if self.frozen is not None:  # frozen linears stored in the autocast dtype: this runs outside autocast
+            self.precision.restore_frozen(self.objective.lm, self.frozen)
         probe = {"input_ids": ids.cpu()}
         for variant in self.method.variants() or [None]:  # e.g. one model per task: logits.<task>
             if variant is not None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.config.spec import Spec, has_targets, knob, positive
+from tuneforge.config.spec import Caps, Spec, has_targets, knob, positive
 
 
 @dataclass
@@ -14,6 +14,8 @@ class LoraSpec(Spec):
     target_modules: list[str] = knob(["all-linear"], "module names to adapt, or ['all-linear'] (every linear but the head)")
     bias: str = knob("none", "train biases: none, all, lora_only")
     modules_to_save: list[str] = knob([], "modules trained in full beside the adapters (e.g. ['lm_head'])")
+
+    caps = Caps(base_matmul_only=True)  # PEFT's LoRA layer calls its base layer and adds the adapters' output
 
     def problems(self):
         out = positive(self, "r", "alpha")

@@ -30,6 +30,9 @@ class CoatSpec(PrecisionSpec):
                                        "flat ZeRO partition",
                     fix="set precision.optimizer_states=false")
 
+    def frozen_dtype(self, method_caps, zero_stage: int) -> str | None:
+        return None  # its linears cast (and compress) the weights themselves
+
     def problems(self):
         out = super().problems() + positive(self, "group_size", "expand_min", "activation_group")
         if self.compute == "fp16" or self.params == "fp16":

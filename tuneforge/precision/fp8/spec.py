@@ -16,6 +16,9 @@ class Fp8Spec(PrecisionSpec):
     emulate: bool = knob(False, "run the pure-torch FP8 emulation (the CPU reference; any device, slower than "
                          "high precision) instead of torchao's FP8 kernels")
 
+    def frozen_dtype(self, method_caps, zero_stage: int) -> str | None:
+        return None  # its FP8 linears quantize the fp32 weights themselves
+
     def problems(self):
         return super().problems() + one_of(self, "recipe", RECIPES)
 
