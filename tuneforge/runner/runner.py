@@ -233,7 +233,7 @@ class Runner:
                             run_dir=self.run_dir, specs=self.specs, log=self.console.print)
         self.frozen = self.specs["precision"].frozen_dtype(self.specs["peft"].caps, self.specs["zero"].stage)
         store = self.frozen is not None and not self.selector.needs_model  # a selector scores outside autocast
-        self.frozen_note = "" if self.frozen is None else f", frozen linears {'in' if store else 'rounded to'} {self.frozen}"
+        self.frozen_note = f", frozen linears {'in' if store else 'rounded to'} {self.frozen}" if self.frozen else ""
         return build_lm(self.specs, self.tok, ctx, zero3=self.zero3, store_frozen=store)
 
     def build_engine(self) -> None:

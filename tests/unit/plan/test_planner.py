@@ -38,6 +38,17 @@ def test_tuning_methods_change_the_trainable_set_the_states_follow():
     assert per_layer == 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096  # one Llama-2-7B block
 
 
+def test_a_lora_base_trained_through_autocast_is_planned_in_the_compute_dtype():
+    """precision=bf16 over fp32 weights: a LoRA run holds its frozen base linears in bf16 (precision/modes.py),
+    two bytes less per element of every block's linear weights; DoRA reads the base for its norms and keeps fp32."""
+    base = ["recipe=lora_llama7b", "plan.gpu_mem=80GB"]
+    stored, kept = plan_of(*base), plan_of(*base, "precision.frozen_in_compute=false")
+    linears = 32 * (4 * 4096**2 + 3 * 4096 * 11008)  # Llama-2-7B: q, k, v, o and the MLP's three
+    assert kept.terms["weights"] - stored.terms["weights"] == 2 * linears
+    dora = [plan_of(*base, "peft=dora", *x).terms["weights"] for x in ([], ["precision.frozen_in_compute=false"])]
+    assert dora[0] == dora[1]
+
+
 def test_checkpointing_and_micro_batch_shrink_activations():
     base = ["recipe=lisa_llama7b", "plan.gpu_mem=80GB", "model.gradient_checkpointing=false"]
     plain, ckpt = plan_of(*base), plan_of(*base[:-1], "model.gradient_checkpointing=true")
