@@ -116,9 +116,11 @@ class Precision(Hooks):
         weights = frozen_linears(model, torch.float32)
         for p in weights:  # new tensors: writing into weights mapped from the checkpoint file would copy its pages
             p.data = p.data.to(torch_dtype(dtype)) if store else p.data.to(torch_dtype(dtype)).float()
-        if store:  # the loader maps the checkpoint file, and the mapping (every page read so far counting in the
-            rounded = {id(p) for p in weights}  # process's memory) lives while any tensor views it: the other
-            for t in [*model.parameters(), *model.buffers()]:  # tensors get their own copies, so it goes
+        if store:
+            # The loader maps the checkpoint file, and the mapping (every page read so far counts in the process's
+            # memory) lives while any tensor views it: the other tensors get their own copies, so it goes.
+            rounded = {id(p) for p in weights}
+            for t in [*model.parameters(), *model.buffers()]:
                 if id(t) not in rounded:
                     t.data = t.data.clone()
         return sum(p.numel() for p in weights)
