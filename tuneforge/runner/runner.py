@@ -72,6 +72,9 @@ def peak_memory_mb(device: str) -> float:
 
 
 class Runner:
+    frozen: str | None = None  # the dtype make_model rounded a frozen base to (precision/modes.py), if any
+    frozen_note = ""  # ", frozen linears in bf16" for the model line
+
     def __init__(self, run: Run):
         self.run_spec, self.cfg, self.specs = run, run.cfg, run.specs
         self.run_dir = run.run_dir
