@@ -157,7 +157,7 @@ def breakdown(specs: dict, shape: Shape, s: Setting) -> dict[str, float]:
     weights = p.total * wb + (n_train * wb if adapter else 0)
     if quant.weight_bytes(1, 1) is not None:
         weights += p.n_layers * (quant.weight_bytes(p.linear_weights, p.linear_rows) - p.linear_weights * wb)
-    elif prec.compute != "auto" and prec.frozen_dtype(s.peft.caps, s.stage):  # frozen linears in the compute dtype
+    elif prec.frozen_dtype(s.peft.caps, s.stage):  # frozen linears in the compute dtype (never for compute=auto)
         weights -= p.n_layers * p.linear_weights * (wb - cb)
     if s.stage == 3:
         persistent = sum(n for n in shape.sizes if n < s.persistence) * wb

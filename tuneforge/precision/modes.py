@@ -113,9 +113,9 @@ class Precision(Hooks):
 
         from tuneforge.models.load import torch_dtype
 
-        weights = frozen_linears(model, torch.float32)
+        weights, low = frozen_linears(model, torch.float32), torch_dtype(dtype)
         for p in weights:  # new tensors: writing into weights mapped from the checkpoint file would copy its pages
-            p.data = p.data.to(torch_dtype(dtype)) if store else p.data.to(torch_dtype(dtype)).float()
+            p.data = p.data.to(low) if store else p.data.to(low).float()
         if store:
             # The loader maps the checkpoint file, and the mapping (every page read so far counts in the process's
             # memory) lives while any tensor views it: the other tensors get their own copies, so it goes.
