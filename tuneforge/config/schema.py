@@ -93,6 +93,9 @@ class TrainerSpec(Spec):
     threads: int = knob(0, "CPU threads per rank (0: cores / nproc)")
     loss_chunk: int = knob(512, "tokens per chunk of the LM head + loss, recomputed in backward so no "
                                 "[tokens, vocab] logits are kept (0: in one piece; docs/performance.md)")
+    unpad: bool = knob(True, "run each micro-batch's samples end to end in one row, attention within each sample, "
+                             "so padding is never computed (plain causal decoders on sdpa attention; same loss; "
+                             "docs/performance.md)")
 
     def problems(self):
         out = positive(self, "micro_batch_size", "grad_accum", "nproc", "log_every", "eval_batch_size", "keep_last",

@@ -12,10 +12,14 @@ compute and memory of a step, and never enter the loss. There the head and the l
 tensor is kept for backward (trainer.loss_chunk=0: in one piece). Other families go through the model's own
 forward.
 
-Batches are right-padded (data/batching.collate), so under the causal mask no real position ever attends to
-padding: for the plain causal decoders the padding mask is dropped and attention runs its causal kernel (SDPA
-is_causal: ~4% of a SmolLM2 LoRA step on CPU, docs/performance.md). Padded positions then attend to the real
-tokens before them, but they carry no label, so the loss and every gradient are unchanged. Packed batches keep
+Batches are right-padded (data/batching.collate). For the plain causal decoders on sdpa attention, the decoder
+runs on the micro-batch unpadded (`unpad`, models/unpad.py): the samples end to end in one row, positions
+restarting at each sample, attention causal within each sample only (packed rows: within each packed sample), so
+padding is neither computed nor kept for backward; each trained position's hidden state is the padded batch's, up
+to float rounding (`tests/unit/runner/test_objective.py` compares loss and gradients with Hugging Face's masked
+forward). With `unpad=False`, or multi-task batches (routed per row), the padded batch runs under the causal mask
+alone: no real position ever attends to padding, so the padding mask is dropped and attention runs its causal
+kernel; padded positions carry no label, so the loss and every gradient are unchanged. Packed batches then keep
 their block-diagonal mask.
 """
 
@@ -29,6 +33,7 @@ from tuneforge.data.batching import packed_attention_mask
 from tuneforge.data.encode import IGNORE
 from tuneforge.models.chunked_loss import chunkable, head_loss
 from tuneforge.models.layers import unwrap
+from tuneforge.models.unpad import NAME, register, unpad
 from tuneforge.peft.routing import set_tasks
 
 # Model types whose CausalLM forward is exactly lm_head(decoder(...)) (no logit soft-capping or scaling,
@@ -52,17 +57,25 @@ def token_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
 
 
 class CausalLM(nn.Module):
-    def __init__(self, lm: nn.Module, loss_chunk: int = 0):
+    def __init__(self, lm: nn.Module, loss_chunk: int = 0, unpad: bool = True):
         super().__init__()
+        from transformers import PreTrainedModel
+
         self.lm, self.loss_chunk = lm, loss_chunk
         base = unwrap(lm)
         self.sparse_head = getattr(base.config, "model_type", None) in PLAIN_HEAD_TYPES
+        # Unpadded micro-batches need the decoder to be the model's own (a tuning method's replacement, e.g. LST's
+        # ladder, runs blocks of its own) and its attention transformers' sdpa, which the unpadded kind extends.
+        self.unpad = unpad and self.sparse_head and isinstance(base.get_decoder(), PreTrainedModel) and \
+            base.config._attn_implementation in ("sdpa", NAME)
+        if self.unpad:
+            base.set_attn_implementation(register())
 
     def _mask(self, attention_mask, segments):
         if segments is None:
             return None if self.sparse_head else attention_mask
         impl = getattr(unwrap(self.lm).config, "_attn_implementation", "sdpa")
-        dtype = None if impl == "sdpa" else next(self.lm.parameters()).dtype
+        dtype = None if impl in ("sdpa", NAME) else next(self.lm.parameters()).dtype
         return packed_attention_mask(segments, dtype)
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, segments=None, reduction="mean",
@@ -73,21 +86,30 @@ class CausalLM(nn.Module):
         token, so a weight changes only its sample's share, whatever the batch split (weighted batches compute the
         head in one piece)."""
         set_tasks(self.lm, task_ids)  # multi-task batches: route each sample to its task's modules
-        mask = self._mask(attention_mask, segments)
         target = labels[:, 1:]
         keep = target != IGNORE
         token_w = None if weights is None else weights[:, None].expand(keep.shape)[keep]
         if self.sparse_head:
             base = unwrap(self.lm)
-            hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                                        use_cache=False).last_hidden_state
-            head, picked = base.get_output_embeddings(), hidden[:, :-1][keep]
+            if self.unpad and task_ids is None:
+                ids, positions, cu, index = unpad(input_ids, attention_mask, position_ids, segments)
+                # an all-ones mask: transformers then builds no mask (restarting positions would make it build a
+                # [T, T] one for packed rows, unused here)
+                hidden = base.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions,
+                                            cu_seq_lens_q=cu, use_cache=False).last_hidden_state
+                picked = hidden[0][index[:, :-1][keep]]
+            else:
+                hidden = base.get_decoder()(input_ids=input_ids, attention_mask=self._mask(attention_mask, segments),
+                                            position_ids=position_ids, use_cache=False).last_hidden_state
+                picked = hidden[:, :-1][keep]
+            head = base.get_output_embeddings()
             if self.loss_chunk and chunkable(head) and token_w is None:
                 total = head_loss(picked, head, target[keep], self.loss_chunk)
             else:
                 total = token_loss(head(picked), target[keep], token_w)
         else:
-            out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+            out = self.lm(input_ids=input_ids, attention_mask=self._mask(attention_mask, segments), position_ids=position_ids,
+                          use_cache=False)
             total = token_loss(out.logits[:, :-1][keep], target[keep], token_w)
         count = keep.sum()
         if reduction == "sum":

@@ -224,7 +224,7 @@ class Runner:
 
             self._hf_ds = HfDeepSpeedConfig(self.ds)
         model, self.method = self.make_model()
-        self.objective = CausalLM(model, self.t.loss_chunk)
+        self.objective = CausalLM(model, self.t.loss_chunk, self.t.unpad)
         n_train, n_all = count(model)
         self.counts = {"trainable_params": n_train, "total_params": n_all}
         self.console.print(f"model: {type(model).__name__} {n_all / 1e6:.1f}M params, {n_train / 1e6:.2f}M trainable "
