@@ -91,8 +91,8 @@ class TrainerSpec(Spec):
     dist_timeout_s: int = knob(600, "seconds a collective may wait for another rank before the run fails")
     device: str = knob("auto", "auto (cuda if available), cpu or cuda")
     threads: int = knob(0, "CPU threads per rank (0: cores / nproc)")
-    loss_chunk: int = knob(512, "tokens per chunk of the LM head + loss, recomputed in backward so no "
-                                "[tokens, vocab] logits are kept (0: in one piece; docs/performance.md)")
+    loss_chunk: int = knob(512, "tokens per chunk of the LM head + loss, each chunk's gradient made in forward "
+                                "so no [tokens, vocab] logits are kept (0: in one piece; docs/performance.md)")
     unpad: bool = knob(True, "run each micro-batch's samples end to end in one row, attention within each sample, "
                              "so padding is never computed (plain causal decoders on sdpa attention; same loss; "
                              "docs/performance.md)")

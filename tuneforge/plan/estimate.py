@@ -20,7 +20,7 @@ Every term is what the run's own code path allocates on the device (docs/plannin
 - **logits**: the LM head runs on trained positions only (runner/objective.py): their hidden states, the logits
   in the compute dtype, the fp32 upcast when that is not fp32, log-softmax's saved output and, in backward, two
   fp32 gradients of the same shape. With `trainer.loss_chunk` (models/chunked_loss.py, not under ZeRO-3) only one
-  chunk's logits exist at a time: the hidden states, one log-sum-exp per token and one chunk of fp32 logits
+  chunk's logits exist at a time: the hidden states' gradient (made in forward) and one chunk of fp32 logits
   (turned into their gradient in place), plus its copy in the compute dtype when that is not fp32; a method that
   trains base weights (taken to include the head) adds the head's fp32 gradient sum and one chunk's term of it.
 - **step**: the optimizer step's temporaries. At ZeRO-0 the larger of AdamW's two (square root and quotient of
@@ -136,7 +136,7 @@ def logits(shape: Shape, s: Setting, compute_bytes: float) -> float:
     if s.loss_chunk and s.stage < 3:  # one chunk of logits at a time (a ZeRO-3 head goes the plain way)
         chunk = min(s.loss_chunk, n) * shape.vocab * (4 + (compute_bytes if compute_bytes != 4 else 0))
         head_grad = 2 * 4 * shape.vocab * shape.hidden if s.peft.caps.trains_base_weights else 0  # sum + one term
-        return n * shape.hidden * compute_bytes + 4 * n + chunk + head_grad
+        return n * shape.hidden * compute_bytes + chunk + head_grad
     nv = n * shape.vocab
     half = compute_bytes != 4
     forward = compute_bytes * nv + (4 * nv if half else 0) + 4 * nv

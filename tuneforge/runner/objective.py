@@ -8,9 +8,9 @@ short samples more whenever micro-batches differ in trained tokens. Evaluation s
 decoder families whose LM forward is just `head(decoder(x))`, the head is applied only at trained positions:
 with short answers and large vocabularies the full-vocabulary logits at every position are most of the
 compute and memory of a step, and never enter the loss. There the head and the loss are also computed
-`loss_chunk` tokens at a time and recomputed in backward (`models/chunked_loss.py`), so no [tokens, vocab]
-tensor is kept for backward (trainer.loss_chunk=0: in one piece). Other families go through the model's own
-forward.
+`loss_chunk` tokens at a time, each chunk's gradient made in forward (`models/chunked_loss.py`), so no
+[tokens, vocab] tensor is kept for backward (trainer.loss_chunk=0: in one piece). Other families go through the
+model's own forward.
 
 Batches are right-padded (data/batching.collate). For the plain causal decoders on sdpa attention, the decoder
 runs on the micro-batch unpadded (`unpad`, models/unpad.py): the samples end to end in one row, positions
