@@ -1,4 +1,4 @@
-"""The chunked LM head + loss (recomputed in backward) gives the plain path's loss and gradients."""
+"""The chunked LM head + loss (its gradient made in forward) gives the plain path's loss and gradients."""
 
 from __future__ import annotations
 
@@ -54,3 +54,29 @@ def test_only_plain_linear_heads_are_chunked(tiny_model_factory):
     assert not chunkable(torch.nn.Sequential(head))
     head.weight.ds_id = 0  # a ZeRO-3 partitioned weight: its module's hooks gather it, a bare matmul cannot
     assert not chunkable(head)
+
+
+def test_gradients_made_in_forward_scale_with_the_incoming_gradient():
+    """The gradient is made in forward with an incoming gradient of 1, so backward must scale it: compared with
+    cross-entropy's own autograd (bias and a trained weight included) under an arbitrary scale, and under no_grad
+    the loss is the same."""
+    from tuneforge.models.chunked_loss import head_loss
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 11)
+    hidden = torch.randn(7, 8, generator=g, requires_grad=True)
+    target = torch.randint(0, 11, (7,), generator=g)
+
+    ref_loss = torch.nn.functional.cross_entropy(head(hidden), target, reduction="sum")
+    (2.5 * ref_loss).backward()
+    ref = [t.grad.clone() for t in (hidden, head.weight, head.bias)]
+    for t in (hidden, head.weight, head.bias):
+        t.grad = None
+
+    loss = head_loss(hidden, head, target, chunk=3)
+    (2.5 * loss).backward()
+    torch.testing.assert_close(loss, ref_loss)
+    for got, want in zip((hidden.grad, head.weight.grad, head.bias.grad), ref):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(head_loss(hidden, head, target, chunk=3), ref_loss.detach())
